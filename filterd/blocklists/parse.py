@@ -1,0 +1,371 @@
+"""Blocklist text -> entries: hosts, domain and adblock-style lists, read as Pi-hole/AdGuard Home/Blocky do.
+
+Pure functions only (text in, values out): fetching and caching lists is someone else's job. A bad line never
+raises; it is counted in `Skipped`, and the first one is kept as a sample so the admin can find it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+__all__ = [
+    "FORMATS",
+    "Entry",
+    "ParsedList",
+    "Skipped",
+    "detect_format",
+    "normalize_name",
+    "parse_list",
+]
+
+FORMATS: tuple[str, ...] = ("hosts", "domains", "adblock")
+"""The list formats parse_list understands (plus "auto", which picks one of these)."""
+
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-."
+_IPV4_CHARS = "0123456789."
+_MAX_NAME = 253
+_MAX_LABEL = 63
+_DETECT_SAMPLE = 200
+_REASON_TEXT_MAX = 80
+
+# Names every hosts file maps to itself: boilerplate, not blocking intent, so they are ignored silently.
+_LOCAL_NAMES = frozenset(
+    {
+        "localhost",
+        "localhost.localdomain",
+        "local",
+        "broadcasthost",
+        "ip6-localhost",
+        "ip6-loopback",
+        "ip6-localnet",
+        "ip6-mcastprefix",
+        "ip6-allnodes",
+        "ip6-allrouters",
+        "ip6-allhosts",
+        "0.0.0.0",
+    }
+)
+# The sink addresses nearly every hosts line starts with: checked before the (slow) ipaddress parser.
+_COMMON_ADDRESSES = frozenset({"0.0.0.0", "127.0.0.1", "::", "::1", "::0", "0:0:0:0:0:0:0:0", "0:0:0:0:0:0:0:1"})
+_DEFAULT_SUBTREE: Mapping[str, bool] = MappingProxyType({"hosts": False, "domains": True, "adblock": True})
+# Second character of a '#...' line in an adblock list that makes it a cosmetic rule (##, #@#, #?#, #$#, #%#).
+_COSMETIC_SECOND = frozenset("#@?$%")
+
+_MODIFIERS = "adblock rule with $modifiers"
+_COSMETIC = "adblock cosmetic (element hiding) rule"
+_REGEX = "adblock regex rule"
+_PATH = "adblock rule with a path"
+_WILDCARD = "adblock rule with a wildcard"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One listed name; `subtree` entries also cover every name below `name`."""
+
+    name: str  # lower-case, A-label (IDNA), no trailing dot
+    subtree: bool  # True: blocks name and every name under it; False: exactly this name
+    exception: bool  # an adblock @@ rule: an exception within its own list only
+    category: str | None  # from the nearest preceding '# category: NAME' line, else None
+    line: int  # 1-based line number in the source
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """How many lines (or hosts-line names) were neither entries nor comments; the first is the example."""
+
+    count: int
+    sample_line: int | None  # first skipped line's number
+    sample_reason: str | None  # e.g. "adblock rule with $modifiers", "not a valid hostname: 'a..b'"
+
+
+@dataclass(frozen=True)
+class ParsedList:
+    """A parsed list: its entries in file order (duplicates kept) and what was skipped."""
+
+    entries: tuple[Entry, ...]
+    format: str  # "hosts" | "domains" | "adblock" (the detected one when auto)
+    skipped: Skipped
+
+
+def normalize_name(text: str) -> str | None:
+    """Canonical form of a DNS name (lower-case A-labels, no trailing dot), or None when it is not a hostname.
+
+    Lenient where real lists are (underscores, edge hyphens, single labels); IP addresses are not names.
+    """
+    name = text.strip()
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except (UnicodeError, ValueError):
+            return None
+    if name.endswith("."):
+        name = name[:-1]
+    name = name.lower()
+    if (
+        not name
+        or len(name) > _MAX_NAME
+        or name.strip(_NAME_CHARS)  # anything left over is a character outside [a-z0-9_.-]
+        or name[0] == "."
+        or name[-1] == "."
+        or ".." in name
+    ):
+        return None
+    if len(name) > _MAX_LABEL and max(map(len, name.split("."))) > _MAX_LABEL:
+        return None
+    if name[-1].isdigit() and not name.strip(_IPV4_CHARS) and _is_ip(name):
+        return None
+    return name
+
+
+def detect_format(text: str) -> str:
+    """Guess a list's format from its first ~200 rule lines, so users need not name the syntax they use."""
+    text = text.removeprefix("\ufeff")
+    if text[:200].lstrip().startswith("[Adblock"):
+        return "adblock"
+    sampled = with_address = 0
+    adblock = False
+    for raw in _first_lines(text):
+        line = raw.strip()
+        if not line or line[0] in "#!" or _is_header(line):
+            continue
+        sampled += 1
+        if line.startswith(("|", "@@")):
+            adblock = True
+        parts = line.split(None, 1)
+        if len(parts) == 2 and _is_ip(parts[0]):
+            with_address += 1
+        if sampled >= _DETECT_SAMPLE:
+            break
+    if sampled and with_address * 2 > sampled:
+        return "hosts"
+    return "adblock" if adblock else "domains"
+
+
+def _first_lines(text: str) -> Iterator[str]:
+    """Lines from the start of `text` without splitting (copying) the whole of a possibly huge text."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        if end < 0:
+            end = len(text)
+        yield text[start:end]
+        start = end + 1
+
+
+def parse_list(text: str, *, fmt: str = "auto", subdomains: bool | None = None) -> ParsedList:
+    """Parse list text in `fmt` ("auto" detects it); `subdomains` overrides the format's default subtree.
+
+    Raises ValueError only for an unknown `fmt`: bad lines are skipped and counted instead.
+    """
+    if fmt != "auto" and fmt not in _DEFAULT_SUBTREE:
+        raise ValueError(f"unknown list format {fmt!r}: expected auto, {', '.join(FORMATS)}")
+    text = text.removeprefix("\ufeff")
+    if fmt == "auto":
+        fmt = detect_format(text)
+    default_subtree = _DEFAULT_SUBTREE[fmt] if subdomains is None else subdomains
+    sink = _Sink()
+    _LINE_PARSERS[fmt](text.split("\n"), default_subtree, sink)
+    return ParsedList(entries=tuple(sink.entries), format=fmt, skipped=sink.skipped())
+
+
+class _Sink:
+    """Per-call accumulator (entries, current category, skip tally); lives only for one parse_list call."""
+
+    __slots__ = ("category", "entries", "skip_count", "skip_line", "skip_reason")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.category: str | None = None
+        self.skip_count = 0
+        self.skip_line: int | None = None
+        self.skip_reason: str | None = None
+
+    def comment(self, line: str) -> None:
+        """Note a '#'/'!' comment line; only '# category: NAME' matters (an empty NAME clears it)."""
+        body = line[1:].lstrip()
+        if body[:8].lower() == "category":
+            rest = body[8:].lstrip()
+            if rest.startswith(":"):
+                self.category = rest[1:].strip() or None
+
+    def skip(self, line: int, reason: str) -> None:
+        """Count a skipped line, keeping the first as the sample."""
+        if self.skip_count == 0:
+            self.skip_line = line
+            self.skip_reason = reason
+        self.skip_count += 1
+
+    def skipped(self) -> Skipped:
+        """The skip tally as a value."""
+        return Skipped(self.skip_count, self.skip_line, self.skip_reason)
+
+
+def _parse_hosts(lines: list[str], default_subtree: bool, sink: _Sink) -> None:
+    """`ADDRESS name [name ...]`; a lone name is taken too (Pi-hole reads such mixed files)."""
+    append = sink.entries.append  # entries are added inline: this loop runs once per line
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        first = line[0]
+        if first == "#" or first == "!":
+            sink.comment(line)
+            continue
+        if first == "[" and _is_header(line):
+            continue
+        if "#" in line:
+            line = _cut_comment(line)
+        parts = line.split()
+        if _is_ip(parts[0]):
+            names = parts[1:]
+            if not names:
+                sink.skip(number, f"hosts line with an address but no name: {_show(line)}")
+                continue
+        elif len(parts) == 1:
+            names = parts
+        else:
+            sink.skip(number, f"hosts line does not start with an IP address: {_show(line)}")
+            continue
+        for text in names:
+            name = normalize_name(text)
+            if name is None:
+                if text.lower() not in _LOCAL_NAMES:
+                    sink.skip(number, _invalid(text))
+            elif name not in _LOCAL_NAMES:
+                append(Entry(name, default_subtree, False, sink.category, number))
+
+
+def _parse_domains(lines: list[str], default_subtree: bool, sink: _Sink) -> None:
+    """One name per line; `*.name` always covers the subtree."""
+    append = sink.entries.append  # entries are added inline: this loop runs once per line
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        first = line[0]
+        if first == "#" or first == "!":
+            sink.comment(line)
+            continue
+        if first == "[" and _is_header(line):
+            continue
+        if "#" in line:
+            line = _cut_comment(line)
+        if line.startswith("*."):
+            name = normalize_name(line[2:])
+            subtree = True
+        else:
+            name = normalize_name(line)
+            subtree = default_subtree
+        if name is None:
+            sink.skip(number, _invalid(line))
+        else:
+            append(Entry(name, subtree, False, sink.category, number))
+
+
+def _parse_adblock(lines: list[str], default_subtree: bool, sink: _Sink) -> None:
+    """The DNS subset of adblock syntax: `||name^`, `|name^` (exact), bare names, and `@@` exceptions."""
+    append = sink.entries.append  # entries are added inline: this loop runs once per line
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        first = line[0]
+        if first == "#":
+            if len(line) > 1 and line[1] in _COSMETIC_SECOND:
+                sink.skip(number, _COSMETIC)
+            else:
+                sink.comment(line)
+            continue
+        if first == "!":
+            sink.comment(line)
+            continue
+        if first == "[" and _is_header(line):
+            continue
+        result = _adblock_rule(line, default_subtree)
+        if isinstance(result, str):
+            sink.skip(number, result)
+        else:
+            append(Entry(*result, sink.category, number))
+
+
+def _adblock_rule(line: str, default_subtree: bool) -> tuple[str, bool, bool] | str:
+    """(name, subtree, exception) for a DNS-usable adblock rule, else the reason it is skipped."""
+    exception = line.startswith("@@")
+    body = line[2:] if exception else line
+    if body.startswith("/"):  # `/regex/` (maybe with `$modifiers` after it) or a path rule
+        end = body.rfind("/")
+        if end > 0 and (end == len(body) - 1 or body[end + 1] == "$"):
+            return _REGEX
+    if "#" in body:  # ##, #@#, #?#, #$#, #%#: all cosmetic, whatever follows
+        return _COSMETIC
+    if "$" in body:
+        return _MODIFIERS
+    if body.startswith("/"):
+        return _PATH
+    if body.startswith("||"):
+        core, subtree = body[2:], True
+    elif body.startswith("|"):
+        core, subtree = body[1:], False  # a single pipe anchors both ends: exactly this name (AdGuard Home)
+    else:
+        core, subtree = body, default_subtree
+    if core.endswith("^|"):
+        core = core[:-2]
+    elif core.endswith(("^", "|")):
+        core = core[:-1]
+    if "/" in core:
+        return _PATH
+    if "*" in core:
+        return _WILDCARD
+    name = normalize_name(core)
+    if name is None:
+        return _invalid(core)
+    return name, subtree, exception
+
+
+_LINE_PARSERS: Mapping[str, Callable[[list[str], bool, _Sink], None]] = MappingProxyType(
+    {"hosts": _parse_hosts, "domains": _parse_domains, "adblock": _parse_adblock}
+)
+
+
+def _cut_comment(line: str) -> str:
+    """Drop a trailing ' #comment' (the '#' must follow whitespace, as in hosts files)."""
+    cut = line.find("#")
+    while cut > 0:
+        if line[cut - 1] in " \t":
+            return line[:cut].rstrip()
+        cut = line.find("#", cut + 1)
+    return line
+
+
+def _is_header(line: str) -> bool:
+    """A `[Adblock Plus 2.0]`-style header line."""
+    return line.startswith("[") and line.endswith("]")
+
+
+def _is_ip(text: str) -> bool:
+    """Whether `text` is an IPv4/IPv6 address (the common sink addresses without the slow parser)."""
+    if text in _COMMON_ADDRESSES:
+        return True
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _invalid(text: str) -> str:
+    """Why `text` is not an entry, for Skipped.sample_reason."""
+    text = text.strip()
+    if _is_ip(text):
+        return f"an IP address, not a hostname: {_show(text)}"
+    return f"not a valid hostname: {_show(text)}"
+
+
+def _show(text: str) -> str:
+    """`text` quoted for a message, cut short so one absurd line cannot flood a log."""
+    if len(text) > _REASON_TEXT_MAX:
+        text = text[: _REASON_TEXT_MAX - 3] + "..."
+    return repr(text)

@@ -1,0 +1,425 @@
+"""YAML text -> `Config`, reporting every problem as `PATH:LINE: dotted.key: what is wrong`.
+
+The YAML is composed to nodes first, so every value keeps its line number; unknown keys are errors
+(a typo must never silently turn a feature off).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from filterd.config.schema import (
+    DEFAULT_ALLOW_CLIENTS,
+    DEFAULT_LISTS,
+    BlockingConfig,
+    BlockingMode,
+    Config,
+    DnsConfig,
+    Endpoint,
+    IPNetwork,
+    ListConfig,
+    ListFormat,
+    MetricsConfig,
+    SinkholeConfig,
+)
+from filterd.errors import ConfigError
+
+EMBEDDED_NAME = "<embedded default>"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A YAML value with the line it starts on (1-based)."""
+
+    value: Any  # dict[str, _Node] | list[_Node] | scalar
+    line: int
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, line: int, key: str, message: str) -> None:
+        self.items.append(f"{self.source}:{line}: {key}: {message}")
+
+
+def _compose(text: str, source: str) -> _Node | None:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        return None if root is None else _located(loader, root)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([f"{source}:{line}: invalid YAML: {exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}:1: invalid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()
+
+
+def _located(loader: yaml.SafeLoader, node: yaml.Node) -> _Node:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, _Node] = {}
+        for key_node, value_node in node.value:
+            key = str(loader.construct_object(key_node))
+            if key in out:
+                raise ConfigError([f"<yaml>:{key_node.start_mark.line + 1}: {key}: duplicate key"])
+            out[key] = _located(loader, value_node)
+        return _Node(out, line)
+    if isinstance(node, yaml.SequenceNode):
+        return _Node([_located(loader, item) for item in node.value], line)
+    return _Node(loader.construct_object(node), line)
+
+
+# --- scalar readers: each returns the value or None after recording a problem -------------------------
+
+
+def _mapping(node: _Node, key: str, allowed: set[str], p: _Problems) -> dict[str, _Node] | None:
+    if node.value is None:
+        return {}
+    if not isinstance(node.value, dict):
+        p.add(node.line, key or "(top level)", "must be a mapping of keys to values")
+        return None
+    for name, child in node.value.items():
+        if name not in allowed:
+            p.add(
+                child.line,
+                f"{key}.{name}" if key else name,
+                f"unknown key (expected one of: {', '.join(sorted(allowed))})",
+            )
+    return dict(node.value)
+
+
+def _sequence(node: _Node, key: str, p: _Problems) -> list[_Node] | None:
+    if isinstance(node.value, list):
+        return list(node.value)
+    p.add(node.line, key, "must be a list")
+    return None
+
+
+def _string(node: _Node, key: str, p: _Problems) -> str | None:
+    if isinstance(node.value, str) and node.value.strip():
+        return node.value.strip()
+    p.add(node.line, key, f"must be a non-empty string, not {node.value!r}")
+    return None
+
+
+def _boolean(node: _Node, key: str, p: _Problems) -> bool | None:
+    if isinstance(node.value, bool):
+        return node.value
+    p.add(node.line, key, f"must be true or false, not {node.value!r}")
+    return None
+
+
+def _number(node: _Node, key: str, p: _Problems, low: float, high: float, kind: type = float) -> Any:
+    value = node.value
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and kind is int and not isinstance(value, int):
+        ok = False
+    if ok and low <= value <= high:
+        return kind(value)
+    what = "a whole number" if kind is int else "a number"
+    p.add(node.line, key, f"must be {what} from {low:g} to {high:g}, not {value!r}")
+    return None
+
+
+def _choice(node: _Node, key: str, p: _Problems, enum_type: type[T]) -> T | None:
+    try:
+        return enum_type(node.value)  # type: ignore[call-arg]
+    except ValueError:
+        options = ", ".join(m.value for m in enum_type)  # type: ignore[attr-defined]
+        p.add(node.line, key, f"{node.value!r} is not one of: {options}")
+        return None
+
+
+_ENDPOINT_RE = re.compile(
+    r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)|(?P<bare6>[0-9a-fA-F:.]*:[0-9a-fA-F:.]*))"
+    r"(?::(?P<port>\d+))?$"
+)
+
+
+def parse_endpoint(text: str, default_port: int) -> Endpoint:
+    """`1.2.3.4`, `1.2.3.4:53`, `[::1]:53` or a bare `::1` -> Endpoint; ValueError says what is wrong."""
+    text = text.strip()
+    m = _ENDPOINT_RE.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not host[:port] (write IPv6 as [::1]:53)")
+    if m.group("bare6") is not None:
+        host, port_text = m.group("bare6"), None  # a bare IPv6 address takes no port
+    else:
+        host, port_text = m.group("v6") or m.group("host"), m.group("port")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    port = default_port if port_text is None else int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return Endpoint(str(address), port)
+
+
+def _endpoint(node: _Node, key: str, p: _Problems, default_port: int) -> Endpoint | None:
+    if isinstance(node.value, int) and not isinstance(node.value, bool):
+        p.add(node.line, key, f"{node.value!r} is not host[:port]")
+        return None
+    text = _string(node, key, p)
+    if text is None:
+        return None
+    try:
+        return parse_endpoint(text, default_port)
+    except ValueError as exc:
+        p.add(node.line, key, str(exc))
+        return None
+
+
+def _items(node: _Node, key: str, p: _Problems, read: Callable[[_Node, str], T | None]) -> tuple[T, ...] | None:
+    items = _sequence(node, key, p)
+    if items is None:
+        return None
+    out = [read(item, f"{key}[{i}]") for i, item in enumerate(items)]
+    if any(v is None for v in out):
+        return None
+    return tuple(v for v in out if v is not None)
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+
+def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
+    keys = _mapping(node, "dns", {"listen", "upstreams", "timeout", "allow_clients"}, p)
+    if keys is None:
+        return None
+    if "listen" not in keys:
+        p.add(node.line, "dns.listen", "is required (for example [127.0.0.1:53])")
+        return None
+
+    def listen_item(n: _Node, k: str) -> Endpoint | None:
+        ep = _endpoint(n, k, p, 53)
+        if ep is not None and ep.is_wildcard:
+            p.add(
+                n.line,
+                k,
+                f"wildcard address {ep.host} is not supported yet (replies must come from the "
+                "address the query came to): list this machine's LAN address instead, e.g. 192.168.1.2:53",
+            )
+            return None
+        return ep
+
+    def network(n: _Node, k: str) -> IPNetwork | None:
+        text = _string(n, k, p)
+        if text is None:
+            return None
+        try:
+            return ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            p.add(n.line, k, f"{text!r} is not an IP network in CIDR form (e.g. 192.168.0.0/16)")
+            return None
+
+    listen = _items(keys["listen"], "dns.listen", p, listen_item)
+    if listen is not None and not listen:
+        p.add(keys["listen"].line, "dns.listen", "must list at least one address")
+        listen = None
+    upstreams: tuple[Endpoint, ...] | None = ()
+    if "upstreams" in keys:
+        upstreams = _items(keys["upstreams"], "dns.upstreams", p, lambda n, k: _endpoint(n, k, p, 53))
+    timeout = 2.0
+    if "timeout" in keys:
+        timeout = _number(keys["timeout"], "dns.timeout", p, 0.1, 60)
+    allow_clients: tuple[IPNetwork, ...] | None = DEFAULT_ALLOW_CLIENTS
+    if "allow_clients" in keys:
+        allow_clients = _items(keys["allow_clients"], "dns.allow_clients", p, network)
+    if listen is None or upstreams is None or timeout is None or allow_clients is None:
+        return None
+    return DnsConfig(listen=listen, upstreams=upstreams, timeout=timeout, allow_clients=allow_clients)
+
+
+def _blocking(node: _Node, p: _Problems) -> BlockingConfig | None:
+    keys = _mapping(node, "blocking", {"mode", "sinkhole", "ttl"}, p)
+    if keys is None:
+        return None
+    default = BlockingConfig()
+    mode = _choice(keys["mode"], "blocking.mode", p, BlockingMode) if "mode" in keys else default.mode
+    ttl = _number(keys["ttl"], "blocking.ttl", p, 0, 86400, int) if "ttl" in keys else default.ttl
+    sinkhole: SinkholeConfig | None = default.sinkhole
+    if "sinkhole" in keys:
+        sinkhole = _sinkhole(keys["sinkhole"], p)
+    if mode is None or ttl is None or sinkhole is None:
+        return None
+    return BlockingConfig(mode=mode, sinkhole=sinkhole, ttl=ttl)
+
+
+def _sinkhole(node: _Node, p: _Problems) -> SinkholeConfig | None:
+    keys = _mapping(node, "blocking.sinkhole", {"ipv4", "ipv6"}, p)
+    if keys is None:
+        return None
+    default = SinkholeConfig()
+    ipv4: ipaddress.IPv4Address | None = default.ipv4
+    ipv6: ipaddress.IPv6Address | None = default.ipv6
+    if "ipv4" in keys:
+        try:
+            ipv4 = ipaddress.IPv4Address(str(keys["ipv4"].value).strip())
+        except ValueError:
+            p.add(keys["ipv4"].line, "blocking.sinkhole.ipv4", f"{keys['ipv4'].value!r} is not an IPv4 address")
+            ipv4 = None
+    if "ipv6" in keys:
+        try:
+            ipv6 = ipaddress.IPv6Address(str(keys["ipv6"].value).strip())
+        except ValueError:
+            p.add(keys["ipv6"].line, "blocking.sinkhole.ipv6", f"{keys['ipv6'].value!r} is not an IPv6 address")
+            ipv6 = None
+    if ipv4 is None or ipv6 is None:
+        return None
+    return SinkholeConfig(ipv4=ipv4, ipv6=ipv6)
+
+
+_LIST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_LIST_KEYS = {"name", "path", "builtin", "format", "subdomains", "category", "enabled"}
+
+
+def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConfig | None:
+    keys = _mapping(node, key, _LIST_KEYS, p)
+    if keys is None:
+        return None
+    before = len(p.items)
+    sources = [k for k in ("path", "builtin") if k in keys]
+    if len(sources) != 1:
+        p.add(node.line, key, "needs exactly one of: path, builtin")
+        return None
+    builtin = _string(keys["builtin"], f"{key}.builtin", p) if "builtin" in keys else None
+    path: Path | None = None
+    if "path" in keys:
+        text = _string(keys["path"], f"{key}.path", p)
+        path = None if text is None else (base_dir / Path(text).expanduser())
+        if path is not None and not path.is_file():
+            p.add(keys["path"].line, f"{key}.path", f"no such file: {path}")
+    if builtin is not None and builtin not in builtin_list_names():
+        p.add(
+            keys["builtin"].line,
+            f"{key}.builtin",
+            f"no built-in list {builtin!r} (available: {', '.join(builtin_list_names())})",
+        )
+    default_name = builtin or (path.stem if path else "list")
+    name = _string(keys["name"], f"{key}.name", p) if "name" in keys else default_name
+    if name is not None and not _LIST_NAME_RE.match(name):
+        p.add(
+            keys["name"].line if "name" in keys else node.line,
+            f"{key}.name",
+            f"{name!r} must be letters, digits, '-', '_' or '.' (at most 64)",
+        )
+    fmt = _choice(keys["format"], f"{key}.format", p, ListFormat) if "format" in keys else ListFormat.AUTO
+    subdomains = _boolean(keys["subdomains"], f"{key}.subdomains", p) if "subdomains" in keys else None
+    if builtin is not None and "subdomains" not in keys:
+        subdomains = True  # the shipped lists are curated so that each name stands for its subtree
+    category = _string(keys["category"], f"{key}.category", p) if "category" in keys else (name or "blocked")
+    enabled = _boolean(keys["enabled"], f"{key}.enabled", p) if "enabled" in keys else True
+    if len(p.items) > before or name is None or fmt is None or category is None or enabled is None:
+        return None
+    return ListConfig(
+        name=name, path=path, builtin=builtin, format=fmt, subdomains=subdomains, category=category, enabled=enabled
+    )
+
+
+def _lists(node: _Node, p: _Problems, base_dir: Path) -> tuple[ListConfig, ...] | None:
+    lists = _items(node, "lists", p, lambda n, k: _list_entry(n, k, p, base_dir))
+    if lists is None:
+        return None
+    seen: set[str] = set()
+    for i, item in enumerate(lists):
+        if item.name in seen:
+            p.add(node.value[i].line, f"lists[{i}].name", f"{item.name!r} is used by another list already")
+        seen.add(item.name)
+    return lists
+
+
+def _allow(node: _Node, p: _Problems) -> tuple[str, ...] | None:
+    from filterd.blocklists.parse import normalize_name
+
+    def name(n: _Node, k: str) -> str | None:
+        text = _string(n, k, p)
+        if text is None:
+            return None
+        normal = normalize_name(text.removeprefix("*."))
+        if normal is None:
+            p.add(n.line, k, f"{text!r} is not a valid domain name")
+        return normal
+
+    return _items(node, "allow", p, name)
+
+
+def _metrics(node: _Node, p: _Problems) -> MetricsConfig | None:
+    keys = _mapping(node, "metrics", {"listen"}, p)
+    if keys is None:
+        return None
+    if "listen" not in keys:
+        p.add(node.line, "metrics.listen", "is required when the metrics section is present")
+        return None
+    listen = _endpoint(keys["listen"], "metrics.listen", p, 9153)
+    return None if listen is None else MetricsConfig(listen=listen)
+
+
+_TOP_KEYS = {"dns", "blocking", "lists", "allow", "metrics"}
+
+
+def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config:
+    """Validate YAML text; raise ConfigError listing every problem found."""
+    p = _Problems(source)
+    try:
+        root = _compose(text, source)
+    except ConfigError as exc:
+        raise ConfigError([e.replace("<yaml>", source, 1) for e in exc.problems]) from None
+    if root is None:
+        raise ConfigError([f"{source}:1: the file is empty (a config needs at least a dns section)"])
+    keys = _mapping(root, "", _TOP_KEYS, p)
+    if keys is None:
+        raise ConfigError(p.items)
+    base = base_dir if base_dir is not None else Path.cwd()
+    dns = None
+    if "dns" not in keys:
+        p.add(root.line, "dns", "is required (at least dns.listen)")
+    else:
+        dns = _dns(keys["dns"], p)
+    blocking = _blocking(keys["blocking"], p) if "blocking" in keys else BlockingConfig()
+    lists = _lists(keys["lists"], p, base) if "lists" in keys else DEFAULT_LISTS
+    allow = _allow(keys["allow"], p) if "allow" in keys else ()
+    metrics = _metrics(keys["metrics"], p) if "metrics" in keys and keys["metrics"].value is not None else None
+    if p.items or dns is None or blocking is None or lists is None or allow is None:
+        raise ConfigError(p.items)
+    return Config(dns=dns, blocking=blocking, lists=lists, allow=allow, metrics=metrics, source=source)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; relative list paths resolve against the file's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    return parse_config(text, str(path), base_dir=path.resolve().parent)
+
+
+def embedded_config_text() -> str:
+    return resources.files("filterd.config").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def load_embedded() -> Config:
+    return parse_config(embedded_config_text(), EMBEDDED_NAME)
+
+
+def builtin_list_names() -> list[str]:
+    from filterd.blocklists.builtin import builtin_names
+
+    return builtin_names()

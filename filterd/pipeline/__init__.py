@@ -1,0 +1,1 @@
+"""The query pipeline: stages that each answer a query or pass it on (see docs/pipeline.md)."""

@@ -1,0 +1,112 @@
+"""The one interface every stage implements, and the chain that runs them in order.
+
+A stage answers a query or passes it on. Most answers (blocked names, refusals, local names, later cache
+hits) are known at once, so each stage has two halves:
+
+- `answer_now(query)`: synchronous, pure; returns an Answer or None. The UDP transport calls the
+  pipeline's `answer_now` straight from `datagram_received`, so the common case never awaits.
+- `handle(query, call_next)`: the async half, run only when no stage answered at once. A stage awaits
+  `call_next(query)` and may look at or change the answer (the policy stage checks CNAME chains, the
+  cache stores answers).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from filterd.dns.wire import Question
+
+
+class Decision(enum.StrEnum):
+    """What happened to a query: exactly one per query, the `decision` label of filterd_queries_total."""
+
+    BLOCKED = "blocked"
+    CACHED = "cached"
+    FORWARDED = "forwarded"
+    LOCAL = "local"
+    REFUSED = "refused"
+    ERROR = "error"
+
+
+@dataclass(slots=True)
+class Query:
+    raw: bytes
+    question: Question
+    client_ip: str
+    protocol: str  # "udp" | "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    wire: bytes
+    decision: Decision
+    #: Short and bounded: a list name, an upstream, a rule; for logs and `filterd check`.
+    reason: str = ""
+
+
+CallNext = Callable[[Query], Awaitable[Answer]]
+
+
+class Stage(Protocol):
+    name: str
+
+    def answer_now(self, query: Query) -> Answer | None: ...
+
+    async def handle(self, query: Query, call_next: CallNext) -> Answer: ...
+
+
+class Resolver(Protocol):
+    """The end of the chain: always answers (the upstream forwarder)."""
+
+    name: str
+
+    async def resolve(self, query: Query) -> Answer: ...
+
+
+class PassThrough:
+    """Defaults for a stage: nothing to say at once, and nothing to add to the answer."""
+
+    name = "pass"
+
+    def answer_now(self, query: Query) -> Answer | None:
+        return None
+
+    async def handle(self, query: Query, call_next: CallNext) -> Answer:
+        return await call_next(query)
+
+
+class Pipeline:
+    """Stages in order, then the resolver; built once, shared by every transport."""
+
+    def __init__(self, stages: Sequence[Stage], resolver: Resolver) -> None:
+        self.stages = tuple(stages)
+        self.resolver = resolver
+        self._now = tuple(s.answer_now for s in self.stages)
+        call: CallNext = resolver.resolve
+        for stage in reversed(self.stages):
+            call = _bind(stage, call)
+        self._resolve = call
+
+    def answer_now(self, query: Query) -> Answer | None:
+        for answer_now in self._now:
+            answer = answer_now(query)
+            if answer is not None:
+                return answer
+        return None
+
+    async def resolve(self, query: Query) -> Answer:
+        """The async path; call it only after `answer_now` returned None for this query."""
+        return await self._resolve(query)
+
+    def describe(self) -> str:
+        return " → ".join([*(s.name for s in self.stages), self.resolver.name])
+
+
+def _bind(stage: Stage, call_next: CallNext) -> CallNext:
+    async def call(query: Query) -> Answer:
+        return await stage.handle(query, call_next)
+
+    return call

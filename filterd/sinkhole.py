@@ -1,0 +1,45 @@
+"""Replies for blocked names, built from bytes (pure; the policy stage and the block page share it).
+
+A / AAAA get the sinkhole address (or 0.0.0.0 / :: in null mode) so browsers reach the block page.
+Every other type gets NOERROR with no answer (HTTPS and SVCB included: browsers then fall back to A/AAAA).
+Negative replies carry an SOA so resolvers cache them for `blocking.ttl`, and EDNS clients get an
+Extended DNS Error 15 (Blocked) naming the list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from filterd.config.schema import BlockingConfig, BlockingMode
+from filterd.dns import wire
+
+_SOA_MNAME = wire.encode_name("filterd.invalid")
+_SOA_RNAME = wire.encode_name("hostmaster.filterd.invalid")
+_NULL_V4 = ipaddress.IPv4Address("0.0.0.0").packed
+_NULL_V6 = ipaddress.IPv6Address("::").packed
+
+
+class BlockedReplies:
+    """Builds the reply for a blocked query under one `blocking` config."""
+
+    def __init__(self, config: BlockingConfig) -> None:
+        self.mode = config.mode
+        self.ttl = config.ttl
+        if config.mode is BlockingMode.NULL:
+            self._v4, self._v6 = _NULL_V4, _NULL_V6
+        else:
+            self._v4, self._v6 = config.sinkhole.ipv4.packed, config.sinkhole.ipv6.packed
+
+    def reply(self, q: wire.Question, entry: str, list_name: str) -> bytes:
+        ede = (wire.EDE_BLOCKED, f"filterd: {list_name}")
+        if self.mode is BlockingMode.REFUSED:
+            return wire.build_reply(q, wire.REFUSED, ede=ede)
+        if self.mode is not BlockingMode.NXDOMAIN and q.qclass == wire.C_IN:
+            if q.qtype == wire.T_A:
+                return wire.build_reply(q, answers=(wire.rr(wire.NAME_PTR, wire.T_A, self.ttl, self._v4),), ede=ede)
+            if q.qtype == wire.T_AAAA:
+                answer = wire.rr(wire.NAME_PTR, wire.T_AAAA, self.ttl, self._v6)
+                return wire.build_reply(q, answers=(answer,), ede=ede)
+        rcode = wire.NXDOMAIN if self.mode is BlockingMode.NXDOMAIN else wire.NOERROR
+        soa = wire.rr(wire.encode_name(entry), wire.T_SOA, self.ttl, wire.soa_rdata(_SOA_MNAME, _SOA_RNAME, self.ttl))
+        return wire.build_reply(q, rcode, authority=(soa,), ede=ede)

@@ -1,0 +1,1 @@
+"""Transports: DNS over UDP and TCP, both feeding the same pipeline through one QueryHandler."""

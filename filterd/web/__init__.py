@@ -1,0 +1,1 @@
+"""HTTP servers (aiohttp): the Prometheus endpoint, and later the block page and the admin API."""

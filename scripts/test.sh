@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then lint, type-check and test. The README's test command; CI runs it too.
+#   Debian packages: dnsmasq-base (the real upstream in integration tests), bind9-dnsutils (dig).
+#   Python: a venv in .venv with filterd (editable) and its [test] extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(dnsmasq-base bind9-dnsutils)
+missing=()
+for pkg in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

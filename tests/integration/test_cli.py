@@ -1,0 +1,116 @@
+"""The `filterd` command as a user runs it: serve in the foreground, stop on a signal, check configs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import Dnsmasq, addresses, free_port, query
+
+FILTERD = [sys.executable, "-m", "filterd"]
+
+
+def _wait_for_dns(port: int, proc: subprocess.Popen[str], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"filterd exited early: {proc.communicate()[1]}")
+        try:
+            query("omegle.com", "A", port, timeout=0.2)
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise AssertionError("filterd did not answer")
+
+
+@pytest.mark.parametrize("option_first", [True, False], ids=["global-option-first", "option-after-command"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_answers_and_stops_cleanly(tmp_path: Path, dnsmasq: Dnsmasq, option_first: bool, sig: int) -> None:
+    port = free_port()
+    config = tmp_path / "filterd.yaml"
+    config.write_text(f"dns:\n  listen: ['127.0.0.1:{port}']\n  upstreams: ['{dnsmasq.address}']\n")
+    args = ["--config", str(config), "serve"] if option_first else ["serve", "--config", str(config)]
+    proc = subprocess.Popen([*FILTERD, *args], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        _wait_for_dns(port, proc)
+        assert addresses(query("omegle.com", "A", port)) == ["127.0.0.1"]
+        assert addresses(query("example.org", "A", port)) == ["192.0.2.10"]
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert f"dns: listening on 127.0.0.1:{port} (udp, tcp)" in err
+    assert "pipeline: access → local → policy → upstream" in err
+    assert "stopping" in err
+
+
+def test_serve_with_the_embedded_default_runs_from_any_directory(tmp_path: Path) -> None:
+    """The embedded default listens on fixed ports; run it only when they are free (not on a dev box running it)."""
+    env = {**os.environ}
+    resolv = Path("/etc/resolv.conf")
+    if not resolv.exists():
+        pytest.skip("no /etc/resolv.conf for the default upstreams")
+    proc = subprocess.Popen([*FILTERD, "serve"], stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    try:
+        try:
+            _wait_for_dns(1053, proc)
+        except AssertionError as exc:
+            if "Address already in use" in str(exc):
+                pytest.skip("port 1053 is in use on this machine")
+            raise
+        reply = query("front7.omegle.com", "AAAA", 1053)
+        assert addresses(reply) == ["::1"]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "metrics: listening on http://127.0.0.1:9153/" in err
+
+
+def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("dns:\n  listen: [127.0.0.1:0]\nblocking:\n  mode: block\n")
+    result = subprocess.run([*FILTERD, "serve", "-c", str(config)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"{config}:4: blocking.mode: 'block' is not one of" in result.stderr
+
+
+def test_serve_says_why_when_the_port_is_taken(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"dns:\n  listen: ['{dnsmasq.address}']\n  upstreams: ['127.0.0.1:9']\n")
+    result = subprocess.run([*FILTERD, "serve", "-c", str(config)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"cannot listen on {dnsmasq.address}" in result.stderr and "another program holds" in result.stderr
+
+
+def test_config_check(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("dns:\n  listen: [127.0.0.1:53]\n")
+    ok = subprocess.run([*FILTERD, "config", "check", str(good)], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and ok.stdout.strip() == f"{good}: ok"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dns:\n  listen: [0.0.0.0]\n  upstreams: [x]\nblocking:\n  sinkhole:\n    ipv4: 1.2.3\n")
+    result = subprocess.run([*FILTERD, "config", "check", str(bad)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{bad}:2: dns.listen[0]: wildcard address 0.0.0.0")
+    assert "list this machine's LAN address" in lines[0]
+    assert lines[1] == f"{bad}:3: dns.upstreams[0]: 'x' is not an IP address"
+    assert lines[2] == f"{bad}:6: blocking.sinkhole.ipv4: '1.2.3' is not an IPv4 address"
+
+
+def test_installed_entry_point() -> None:
+    exe = Path(sys.executable).parent / "filterd"
+    result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("filterd ")

@@ -1,0 +1,247 @@
+"""Test helpers: real servers on loopback, and a client that asks them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+from filterd.app import App
+from filterd.config.load import load_config
+
+#: Records dnsmasq serves: (dnsmasq option, value).
+DNSMASQ_RECORDS = [
+    ("host-record", "example.org,192.0.2.10,2001:db8::10"),
+    ("host-record", "www.example.org,192.0.2.11"),
+    ("host-record", "video.omegle.com,192.0.2.66"),
+    ("host-record", "safe.example.net,192.0.2.20"),
+    ("cname", "alias.example.org,video.omegle.com"),
+    ("cname", "okalias.example.org,www.example.org"),
+    ("txt-record", "example.org,hello from dnsmasq"),
+    ("mx-host", "example.org,mail.example.org,10"),
+    ("local", "/example.org/"),
+    ("local", "/example.net/"),
+] + [("txt-record", f"big.example.org,{'x' * 200} {i}") for i in range(8)]
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no free port")
+
+
+class Dnsmasq:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+        args = [
+            binary,
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            f"--port={self.port}",
+            "--pid-file",
+            "--no-dhcp-interface=lo",
+            "--log-facility=-",
+        ]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        args += [f"--{opt}={value}" for opt, value in DNSMASQ_RECORDS]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dnsmasq exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+            try:
+                query("example.org", "A", self.port, timeout=0.2)
+                return
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError("dnsmasq did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(5)
+
+
+def query(
+    name: str,
+    rdtype: str = "A",
+    port: int = 53,
+    *,
+    host: str = "127.0.0.1",
+    tcp: bool = False,
+    timeout: float = 3.0,
+    edns: bool = True,
+    **kwargs: object,
+) -> dns.message.Message:
+    """Ask a server one question with dnspython (EDNS on by default, as modern stub resolvers do)."""
+    q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False, **kwargs)  # type: ignore[arg-type]
+    if tcp:
+        return dns.query.tcp(q, host, port=port, timeout=timeout)
+    return dns.query.udp(q, host, port=port, timeout=timeout)
+
+
+def ede(msg: dns.message.Message) -> list[tuple[int, str]]:
+    return [(int(o.code), o.text or "") for o in msg.options if o.otype == 15]  # type: ignore[attr-defined]
+
+
+def addresses(msg: dns.message.Message) -> list[str]:
+    return sorted(
+        rd.to_text() for rrset in msg.answer for rd in rrset if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
+    )
+
+
+class RunningFilterd:
+    """filterd's App on its own event loop in a thread, from a config file."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.app: App | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+        self.app = App(load_config(self.config_path))
+        asyncio.run_coroutine_threadsafe(self.app.start(), self.loop).result(15)
+
+    def stop(self) -> None:
+        if self.app is not None:
+            asyncio.run_coroutine_threadsafe(self.app.stop(), self.loop).result(15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    @property
+    def port(self) -> int:
+        assert self.app is not None
+        return self.app.listening.dns[0].port
+
+    def query(self, name: str, rdtype: str = "A", **kwargs: object) -> dns.message.Message:
+        return query(name, rdtype, self.port, **kwargs)  # type: ignore[arg-type]
+
+    def metrics_text(self) -> str:
+        assert self.app is not None and self.app.listening.metrics is not None
+        url = f"http://127.0.0.1:{self.app.listening.metrics.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample on /metrics, 0 when absent."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
+
+Behaviour = Callable[[dns.message.Message], list[tuple[float, bytes]]]
+
+
+class FakeUpstream:
+    """An in-process DNS server for injecting faults. `behaviour(query)` returns (delay, packet) pairs to
+    send back; the default answers A 192.0.2.1 at once. Every query name received is recorded."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.behaviour: Behaviour = self.answer
+        self.received: list[str] = []
+        #: (query ID, source port) of each query received
+        self.sources: list[tuple[int, int]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+        self.port = 0
+
+    @staticmethod
+    def answer(q: dns.message.Message, address: str = "192.0.2.1") -> list[tuple[float, bytes]]:
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", address))
+        return [(0.0, r.to_wire())]
+
+    @staticmethod
+    def rcode(q: dns.message.Message, rcode: int) -> list[tuple[float, bytes]]:
+        r = dns.message.make_response(q)
+        r.set_rcode(rcode)
+        return [(0.0, r.to_wire())]
+
+    def start(self) -> None:
+        self.thread.start()
+
+        async def open() -> None:
+            loop = asyncio.get_running_loop()
+            self.transport, _ = await loop.create_datagram_endpoint(
+                lambda: _FakeProtocol(self), local_addr=("127.0.0.1", 0)
+            )
+            self.port = self.transport.get_extra_info("sockname")[1]
+
+        asyncio.run_coroutine_threadsafe(open(), self.loop).result(5)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.loop.call_soon_threadsafe(self.transport.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class _FakeProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: FakeUpstream) -> None:
+        self.owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            q = dns.message.from_wire(data)
+        except Exception:
+            return
+        self.owner.received.append(q.question[0].name.to_text(omit_final_dot=True).lower())
+        self.owner.sources.append((q.id, addr[1]))
+        loop = asyncio.get_running_loop()
+        for delay, packet in self.owner.behaviour(q):
+            loop.call_later(delay, self._send, packet, addr)
+
+    def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(packet, addr)
