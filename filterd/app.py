@@ -14,19 +14,25 @@ from prometheus_client import CollectorRegistry
 
 from filterd import __version__
 from filterd.blocklists.load import LoadedLists, load_lists
+from filterd.blocklists.matcher import Match
+from filterd.blocklists.refresh import ListRefresher, open_state
+from filterd.blocklists.state import StateDir
 from filterd.config.resolvconf import default_upstreams
 from filterd.config.schema import Config, Endpoint
 from filterd.errors import FilterdError
 from filterd.metrics import Metrics
 from filterd.pipeline.access import AccessStage
 from filterd.pipeline.base import Pipeline
+from filterd.pipeline.cache import CacheStage, DnsCache
+from filterd.pipeline.cname import CnameStage
 from filterd.pipeline.local import LocalStage
 from filterd.pipeline.policy import AllowList, PolicyStage
 from filterd.pipeline.upstream import UpstreamResolver
 from filterd.sinkhole import BlockedReplies
 from filterd.transport.handler import QueryHandler
-from filterd.transport.tcp import TcpServer
+from filterd.transport.tcp import TcpLimits, TcpServer
 from filterd.transport.udp import UdpServer
+from filterd.web.blockpage import blockpage_app
 from filterd.web.metrics import metrics_app
 
 log = logging.getLogger(__name__)
@@ -65,11 +71,15 @@ class Listening:
 
     dns: list[Endpoint] = field(default_factory=list)
     metrics: Endpoint | None = None
+    blockpage: list[Endpoint] = field(default_factory=list)
 
 
 class App:
-    def __init__(self, config: Config, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, config: Config, *, registry: CollectorRegistry | None = None, tcp: TcpLimits | None = None
+    ) -> None:
         self.config = config
+        self.tcp_limits = tcp if tcp is not None else TcpLimits()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, __version__)
         self.listening = Listening()
@@ -77,32 +87,54 @@ class App:
         self._servers: list[asyncio.Server] = []
         self._runners: list[web.AppRunner] = []
         self.lists: LoadedLists | None = None
+        self.state: StateDir | None = None
+        self.refresher: ListRefresher | None = None
         self.policy: PolicyStage | None = None
         self.pipeline: Pipeline | None = None
+        self.cache: DnsCache | None = None
+        self.resolver: UpstreamResolver | None = None
 
     def build_pipeline(self, lists: LoadedLists, upstreams: tuple[Endpoint, ...]) -> Pipeline:
         cfg = self.config
+        zones = dict(cfg.dns.forward_zones)
         self.policy = PolicyStage(lists.matcher, AllowList(cfg.allow), BlockedReplies(cfg.blocking))
+        self.cache = DnsCache(cfg.cache.size, cfg.cache.min_ttl, cfg.cache.max_ttl, cfg.cache.stale_max)
+        self.metrics.watch_cache(self.cache)
+        self.resolver = UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics, zones=zones)
         stages = [
             # First: a client we do not serve learns nothing and costs nothing.
             AccessStage(cfg.dns.allow_clients),
-            # Before policy: names filterd answers itself (ANY) never depend on the lists.
-            LocalStage(),
-            # Before the upstream: a blocked name is never sent out; after it: CNAME chains are checked.
+            # Before policy: the admin's own names, localhost, and names that must never leak (RFC 6761,
+            # RFC 6303) are answered here and never depend on the lists; ANY and AXFR never go out.
+            LocalStage(dict(cfg.dns.records), forward_zones=zones),
+            # Before the cache and the upstream: a blocked name is never sent out, nor served from cache.
             self.policy,
+            # Before the upstream: repeated questions are answered at once; serves stale when upstreams fail.
+            CacheStage(self.cache),
+            # Inside the cache: only answers whose CNAME chain passed the lists are cached.
+            CnameStage(self.policy),
         ]
         # Last: the only stage that leaves the machine.
-        return Pipeline(stages, UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics))
+        return Pipeline(stages, self.resolver)
 
     async def start(self) -> None:
         upstreams = resolve_upstreams(self.config)
-        self.lists = load_lists(self.config.lists)
+        self.state = open_state(self.config)  # created and locked when a url list needs it, else None
+        try:
+            self.lists = load_lists(self.config.lists, self.state)  # url lists from their stored copies
+        except BaseException:
+            await self.stop()
+            raise
         for name, count in self.lists.entries.items():
             self.metrics.blocklist_entries.labels(list=name).set(count)
             log.info("list %s: %d names from %s", name, count, self.lists.sources[name])
         self.pipeline = self.build_pipeline(self.lists, upstreams)
         log.info("pipeline: %s", self.pipeline.describe())
         log.info("upstreams: %s", ", ".join(map(str, upstreams)))
+        for zone, zone_upstreams in self.config.dns.forward_zones:
+            log.info("forward zone %s: %s", zone, ", ".join(map(str, zone_upstreams)))
+        assert self.resolver is not None
+        await self.resolver.start()
         handler = QueryHandler(self.pipeline, self.metrics)
         try:
             for endpoint in self.config.dns.listen:
@@ -111,17 +143,29 @@ class App:
                 self.listening.metrics = await self._listen_http(
                     self.config.metrics.listen, metrics_app(self.registry), "metrics"
                 )
+            if self.config.blockpage is not None:
+                # After the pipeline: the page asks the policy's decision; outsiders learn nothing, as on DNS.
+                allowed = AccessStage(self.config.dns.allow_clients).allowed
+                for endpoint in self.config.blockpage.listen:
+                    app = blockpage_app(self.config.blockpage, self.decide, self.metrics, allowed=allowed)
+                    self.listening.blockpage.append(await self._listen_http(endpoint, app, "blockpage"))
         except BaseException:
             await self.stop()
             raise
         if not self.listening.dns:
             await self.stop()
             raise StartupError("no DNS listener could be opened")
+        if self.state is not None and self.policy is not None:
+            # Downloads in the background: start serves the stored copies at once and never waits for them.
+            self.refresher = ListRefresher.create(
+                self.config, self.state, self.lists, self.policy, self.metrics, upstreams
+            )
+            self.refresher.start()
         self._warn_about_sinkhole()
 
     async def _listen_dns(self, endpoint: Endpoint, handler: QueryHandler) -> None:
         loop = asyncio.get_running_loop()
-        tcp = TcpServer(handler)
+        tcp = TcpServer(handler, self.tcp_limits)
         for attempt in range(20):
             try:
                 udp_sock = bind_socket(endpoint.host, endpoint.port, socket.SOCK_DGRAM)
@@ -147,6 +191,10 @@ class App:
             log.info("dns: listening on %s (udp, tcp)", bound)
             return
 
+    def decide(self, name: str) -> Match | None:
+        """The block decision for a name now (the policy's own lookup; the block page asks it per request)."""
+        return self.policy.decide(name) if self.policy is not None else None
+
     async def _listen_http(self, endpoint: Endpoint, app: web.Application, what: str) -> Endpoint:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -171,8 +219,25 @@ class App:
                 cfg.blocking.sinkhole.ipv4,
                 ", ".join(map(str, lan)),
             )
+        page = cfg.blockpage
+        if page is not None and cfg.blocking.mode.value != "sinkhole":
+            log.warning("blockpage: blocking.mode is %s, so no browser is sent to the block page", cfg.blocking.mode)
+        elif page is not None and lan:
+            sinkhole = str(cfg.blocking.sinkhole.ipv4)
+            if not any(ep.port == 80 and ep.host in (sinkhole, "0.0.0.0") for ep in page.listen):
+                log.warning(
+                    "blockpage: blocked names resolve to %s but the block page does not listen on %s:80, "
+                    "where browsers look for it; add it to blockpage.listen",
+                    sinkhole,
+                    sinkhole,
+                )
 
     async def stop(self) -> None:
+        if self.refresher is not None:
+            await self.refresher.stop()
+            self.refresher = None
+        if self.resolver is not None:
+            await self.resolver.stop()
         for transport in self._transports:
             transport.close()
         for server in self._servers:
@@ -182,6 +247,9 @@ class App:
         self._transports.clear()
         self._servers.clear()
         self._runners.clear()
+        if self.state is not None:
+            self.state.close()
+            self.state = None
 
 
 def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:

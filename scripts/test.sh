@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then lint, type-check and test. The README's test command; CI runs it too.
-#   Debian packages: dnsmasq-base (the real upstream in integration tests), bind9-dnsutils (dig).
+#   Debian packages: dnsmasq-base (the real upstream in integration tests), bind9-dnsutils (dig),
+#   chromium and iproute2 (the block page in a real browser, in a network namespace: needs root).
 #   Python: a venv in .venv with filterd (editable) and its [test] extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(dnsmasq-base bind9-dnsutils)
+debs=(dnsmasq-base bind9-dnsutils chromium iproute2)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

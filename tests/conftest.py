@@ -7,6 +7,7 @@ import shutil
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,10 +40,10 @@ def start_filterd(tmp_path: Path) -> Iterator[Callable[..., RunningFilterd]]:
     """start_filterd(yaml_text) -> a running filterd (in a thread) on ephemeral ports; stopped afterwards."""
     running: list[RunningFilterd] = []
 
-    def start(config_text: str) -> RunningFilterd:
+    def start(config_text: str, **app_options: Any) -> RunningFilterd:
         path = tmp_path / f"filterd-{len(running)}.yaml"
         path.write_text(textwrap.dedent(config_text))
-        server = RunningFilterd(path)
+        server = RunningFilterd(path, **app_options)
         server.start()
         running.append(server)
         return server

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
@@ -28,6 +29,8 @@ DNSMASQ_RECORDS = [
     ("host-record", "www.example.org,192.0.2.11"),
     ("host-record", "video.omegle.com,192.0.2.66"),
     ("host-record", "safe.example.net,192.0.2.20"),
+    ("host-record", "lists.example.org,127.0.0.1"),  # a list server on loopback, for subscriptions
+    ("cname", "mirror.example.org,lists.example.org"),
     ("cname", "alias.example.org,video.omegle.com"),
     ("cname", "okalias.example.org,www.example.org"),
     ("txt-record", "example.org,hello from dnsmasq"),
@@ -63,6 +66,20 @@ class Dnsmasq:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dnsmasq exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+            try:
+                query("example.org", "A", self.port, timeout=0.2)
+                return
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError("dnsmasq did not start")
+
+    def command(self) -> list[str]:
+        """dnsmasq's command line: foreground, on 127.0.0.1:port, serving DNSMASQ_RECORDS and nothing else."""
         binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         args = [
             binary,
@@ -80,17 +97,7 @@ class Dnsmasq:
         if os.geteuid() == 0:
             args.append("--user=root")
         args += [f"--{opt}={value}" for opt, value in DNSMASQ_RECORDS]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dnsmasq exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
-            try:
-                query("example.org", "A", self.port, timeout=0.2)
-                return
-            except Exception:
-                time.sleep(0.05)
-        raise RuntimeError("dnsmasq did not start")
+        return args
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -129,15 +136,16 @@ def addresses(msg: dns.message.Message) -> list[str]:
 class RunningFilterd:
     """filterd's App on its own event loop in a thread, from a config file."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, **app_options: Any) -> None:
         self.config_path = config_path
+        self.app_options = app_options
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.app: App | None = None
 
     def start(self) -> None:
         self.thread.start()
-        self.app = App(load_config(self.config_path))
+        self.app = App(load_config(self.config_path), **self.app_options)
         asyncio.run_coroutine_threadsafe(self.app.start(), self.loop).result(15)
 
     def stop(self) -> None:
@@ -150,6 +158,12 @@ class RunningFilterd:
     def port(self) -> int:
         assert self.app is not None
         return self.app.listening.dns[0].port
+
+    @property
+    def blockpage_port(self) -> int:
+        """The port of the first block page listener (blockpage.listen with port 0 in tests)."""
+        assert self.app is not None and self.app.listening.blockpage
+        return self.app.listening.blockpage[0].port
 
     def query(self, name: str, rdtype: str = "A", **kwargs: object) -> dns.message.Message:
         return query(name, rdtype, self.port, **kwargs)  # type: ignore[arg-type]
@@ -175,23 +189,30 @@ Behaviour = Callable[[dns.message.Message], list[tuple[float, bytes]]]
 
 
 class FakeUpstream:
-    """An in-process DNS server for injecting faults. `behaviour(query)` returns (delay, packet) pairs to
-    send back; the default answers A 192.0.2.1 at once. Every query name received is recorded."""
+    """An in-process DNS server (UDP and TCP on one port) for injecting faults. `behaviour(query)` returns
+    (delay, packet) pairs to send back over UDP; the default answers A 192.0.2.1 at once. `tcp_behaviour`
+    does the same over TCP (default: the same as UDP). Every query received is recorded."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.behaviour: Behaviour = self.answer
+        self.tcp_behaviour: Behaviour | None = None
+        #: names of the queries received (lower-case, no trailing dot), UDP and TCP
         self.received: list[str] = []
-        #: (query ID, source port) of each query received
+        #: the queries themselves, and (query ID, source port) of each UDP one
+        self.queries: list[dns.message.Message] = []
         self.sources: list[tuple[int, int]] = []
+        self.tcp_queries = 0
         self.transport: asyncio.DatagramTransport | None = None
+        self.server: asyncio.Server | None = None
         self.port = 0
 
     @staticmethod
-    def answer(q: dns.message.Message, address: str = "192.0.2.1") -> list[tuple[float, bytes]]:
+    def answer(q: dns.message.Message, address: str = "192.0.2.1", ttl: int = 60) -> list[tuple[float, bytes]]:
         r = dns.message.make_response(q)
-        r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", address))
+        if q.question[0].rdtype == dns.rdatatype.A:
+            r.answer.append(dns.rrset.from_text(q.question[0].name, ttl, "IN", "A", address))
         return [(0.0, r.to_wire())]
 
     @staticmethod
@@ -200,17 +221,50 @@ class FakeUpstream:
         r.set_rcode(rcode)
         return [(0.0, r.to_wire())]
 
+    def record(self, data: bytes) -> dns.message.Message | None:
+        try:
+            q = dns.message.from_wire(data)
+        except Exception:
+            return None
+        self.received.append(q.question[0].name.to_text(omit_final_dot=True).lower())
+        self.queries.append(q)
+        return q
+
     def start(self) -> None:
         self.thread.start()
 
         async def open() -> None:
             loop = asyncio.get_running_loop()
-            self.transport, _ = await loop.create_datagram_endpoint(
-                lambda: _FakeProtocol(self), local_addr=("127.0.0.1", 0)
-            )
-            self.port = self.transport.get_extra_info("sockname")[1]
+            for _ in range(50):
+                self.transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _FakeProtocol(self), local_addr=("127.0.0.1", 0)
+                )
+                self.port = self.transport.get_extra_info("sockname")[1]
+                try:
+                    self.server = await asyncio.start_server(self._tcp, "127.0.0.1", self.port)
+                    return
+                except OSError:
+                    self.transport.close()
+            raise RuntimeError("no free port pair")
 
         asyncio.run_coroutine_threadsafe(open(), self.loop).result(5)
+
+    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                length = int.from_bytes(await reader.readexactly(2), "big")
+                q = self.record(await reader.readexactly(length))
+                if q is None:
+                    break
+                self.tcp_queries += 1
+                for delay, packet in (self.tcp_behaviour or self.behaviour)(q):
+                    await asyncio.sleep(delay)
+                    writer.write(len(packet).to_bytes(2, "big") + packet)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
     @property
     def address(self) -> str:
@@ -219,6 +273,8 @@ class FakeUpstream:
     def stop(self) -> None:
         if self.transport is not None:
             self.loop.call_soon_threadsafe(self.transport.close)
+        if self.server is not None:
+            self.loop.call_soon_threadsafe(self.server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -232,11 +288,9 @@ class _FakeProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            q = dns.message.from_wire(data)
-        except Exception:
+        q = self.owner.record(data)
+        if q is None:
             return
-        self.owner.received.append(q.question[0].name.to_text(omit_final_dot=True).lower())
         self.owner.sources.append((q.id, addr[1]))
         loop = asyncio.get_running_loop()
         for delay, packet in self.owner.behaviour(q):

@@ -7,18 +7,20 @@ raises; it is counted in `Skipped`, and the first one is kept as a sample so the
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 __all__ = [
     "FORMATS",
+    "AddEntry",
     "Entry",
     "ParsedList",
     "Skipped",
     "detect_format",
     "normalize_name",
     "parse_list",
+    "parse_stream",
 ]
 
 FORMATS: tuple[str, ...] = ("hosts", "domains", "adblock")
@@ -171,17 +173,40 @@ def parse_list(text: str, *, fmt: str = "auto", subdomains: bool | None = None) 
     return ParsedList(entries=tuple(sink.entries), format=fmt, skipped=sink.skipped())
 
 
+AddEntry = Callable[[str, bool, bool, int], None]
+"""Receives each entry as (name, subtree, exception, line); the current category is on the sink."""
+
+
+def parse_stream(
+    lines: Iterable[str], add: Callable[[str, bool, bool, str | None, int], None], *, fmt: str, subdomains: bool | None
+) -> Skipped:
+    """Parse lines one at a time (a file object will do) without building Entry objects: each entry goes to
+    `add(name, subtree, exception, category, line)`. `fmt` must be a concrete format (see detect_format)."""
+    if fmt not in _DEFAULT_SUBTREE:
+        raise ValueError(f"unknown list format {fmt!r}: expected {', '.join(FORMATS)}")
+    default_subtree = _DEFAULT_SUBTREE[fmt] if subdomains is None else subdomains
+    sink = _Sink()
+    sink.add = lambda name, subtree, exception, line: add(name, subtree, exception, sink.category, line)
+    _LINE_PARSERS[fmt](lines, default_subtree, sink)
+    return sink.skipped()
+
+
 class _Sink:
     """Per-call accumulator (entries, current category, skip tally); lives only for one parse_list call."""
 
-    __slots__ = ("category", "entries", "skip_count", "skip_line", "skip_reason")
+    __slots__ = ("add", "category", "entries", "skip_count", "skip_line", "skip_reason")
 
-    def __init__(self) -> None:
+    def __init__(self, add: AddEntry | None = None) -> None:
         self.entries: list[Entry] = []
         self.category: str | None = None
         self.skip_count = 0
         self.skip_line: int | None = None
         self.skip_reason: str | None = None
+        #: Where each entry goes: by default an Entry in `entries`; a compiler passes its own.
+        self.add: AddEntry = add if add is not None else self._append
+
+    def _append(self, name: str, subtree: bool, exception: bool, line: int) -> None:
+        self.entries.append(Entry(name, subtree, exception, self.category, line))
 
     def comment(self, line: str) -> None:
         """Note a '#'/'!' comment line; only '# category: NAME' matters (an empty NAME clears it)."""
@@ -203,9 +228,9 @@ class _Sink:
         return Skipped(self.skip_count, self.skip_line, self.skip_reason)
 
 
-def _parse_hosts(lines: list[str], default_subtree: bool, sink: _Sink) -> None:
+def _parse_hosts(lines: Iterable[str], default_subtree: bool, sink: _Sink) -> None:
     """`ADDRESS name [name ...]`; a lone name is taken too (Pi-hole reads such mixed files)."""
-    append = sink.entries.append  # entries are added inline: this loop runs once per line
+    add = sink.add  # bound once: this loop runs once per line
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line:
@@ -235,12 +260,12 @@ def _parse_hosts(lines: list[str], default_subtree: bool, sink: _Sink) -> None:
                 if text.lower() not in _LOCAL_NAMES:
                     sink.skip(number, _invalid(text))
             elif name not in _LOCAL_NAMES:
-                append(Entry(name, default_subtree, False, sink.category, number))
+                add(name, default_subtree, False, number)
 
 
-def _parse_domains(lines: list[str], default_subtree: bool, sink: _Sink) -> None:
+def _parse_domains(lines: Iterable[str], default_subtree: bool, sink: _Sink) -> None:
     """One name per line; `*.name` always covers the subtree."""
-    append = sink.entries.append  # entries are added inline: this loop runs once per line
+    add = sink.add  # bound once: this loop runs once per line
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line:
@@ -262,12 +287,12 @@ def _parse_domains(lines: list[str], default_subtree: bool, sink: _Sink) -> None
         if name is None:
             sink.skip(number, _invalid(line))
         else:
-            append(Entry(name, subtree, False, sink.category, number))
+            add(name, subtree, False, number)
 
 
-def _parse_adblock(lines: list[str], default_subtree: bool, sink: _Sink) -> None:
+def _parse_adblock(lines: Iterable[str], default_subtree: bool, sink: _Sink) -> None:
     """The DNS subset of adblock syntax: `||name^`, `|name^` (exact), bare names, and `@@` exceptions."""
-    append = sink.entries.append  # entries are added inline: this loop runs once per line
+    add = sink.add  # bound once: this loop runs once per line
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line:
@@ -288,7 +313,7 @@ def _parse_adblock(lines: list[str], default_subtree: bool, sink: _Sink) -> None
         if isinstance(result, str):
             sink.skip(number, result)
         else:
-            append(Entry(*result, sink.category, number))
+            add(result[0], result[1], result[2], number)
 
 
 def _adblock_rule(line: str, default_subtree: bool) -> tuple[str, bool, bool] | str:
@@ -325,7 +350,7 @@ def _adblock_rule(line: str, default_subtree: bool) -> tuple[str, bool, bool] | 
     return name, subtree, exception
 
 
-_LINE_PARSERS: Mapping[str, Callable[[list[str], bool, _Sink], None]] = MappingProxyType(
+_LINE_PARSERS: Mapping[str, Callable[[Iterable[str], bool, _Sink], None]] = MappingProxyType(
     {"hosts": _parse_hosts, "domains": _parse_domains, "adblock": _parse_adblock}
 )
 

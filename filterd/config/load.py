@@ -6,12 +6,16 @@ The YAML is composed to nodes first, so every value keeps its line number; unkno
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import os
 import re
-from collections.abc import Callable
+import string
+import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import yaml
@@ -19,17 +23,24 @@ import yaml
 from filterd.config.schema import (
     DEFAULT_ALLOW_CLIENTS,
     DEFAULT_LISTS,
+    DEFAULT_STATE_DIR,
     BlockingConfig,
     BlockingMode,
+    BlockpageConfig,
+    BlockpageTexts,
+    CacheConfig,
     Config,
     DnsConfig,
     Endpoint,
+    HelpItem,
+    IPAddress,
     IPNetwork,
     ListConfig,
     ListFormat,
     MetricsConfig,
     SinkholeConfig,
 )
+from filterd.config.units import format_size, parse_size
 from filterd.errors import ConfigError
 
 EMBEDDED_NAME = "<embedded default>"
@@ -198,7 +209,7 @@ def _items(node: _Node, key: str, p: _Problems, read: Callable[[_Node, str], T |
 
 
 def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
-    keys = _mapping(node, "dns", {"listen", "upstreams", "timeout", "allow_clients"}, p)
+    keys = _mapping(node, "dns", {"listen", "upstreams", "timeout", "allow_clients", "forward_zones", "records"}, p)
     if keys is None:
         return None
     if "listen" not in keys:
@@ -240,9 +251,109 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
     allow_clients: tuple[IPNetwork, ...] | None = DEFAULT_ALLOW_CLIENTS
     if "allow_clients" in keys:
         allow_clients = _items(keys["allow_clients"], "dns.allow_clients", p, network)
+    zones = _forward_zones(keys["forward_zones"], p) if "forward_zones" in keys else ()
+    records = _records(keys["records"], p) if "records" in keys else ()
     if listen is None or upstreams is None or timeout is None or allow_clients is None:
         return None
-    return DnsConfig(listen=listen, upstreams=upstreams, timeout=timeout, allow_clients=allow_clients)
+    if zones is None or records is None:
+        return None
+    return DnsConfig(
+        listen=listen,
+        upstreams=upstreams,
+        timeout=timeout,
+        allow_clients=allow_clients,
+        forward_zones=zones,
+        records=records,
+    )
+
+
+def _zone_name(node: _Node, key: str, text: str, p: _Problems) -> str | None:
+    from filterd.blocklists.parse import normalize_name
+
+    name = normalize_name(text)
+    if name is None:
+        p.add(node.line, key, f"{text!r} is not a valid domain name")
+    return name
+
+
+def _forward_zones(node: _Node, p: _Problems) -> tuple[tuple[str, tuple[Endpoint, ...]], ...] | None:
+    if not isinstance(node.value, dict):
+        p.add(node.line, "dns.forward_zones", "must map zones to lists of upstreams, e.g. {lan: [192.168.1.1]}")
+        return None
+    out = []
+    for zone_text, child in node.value.items():
+        key = f"dns.forward_zones.{zone_text}"
+        zone = _zone_name(child, key, zone_text, p)
+        items = child if isinstance(child.value, list) else _Node([child], child.line)
+        upstreams = _items(items, key, p, lambda n, k: _endpoint(n, k, p, 53))
+        if zone is not None and upstreams:
+            out.append((zone, upstreams))
+        elif upstreams is not None and not upstreams:
+            p.add(child.line, key, "needs at least one upstream")
+    return tuple(out)
+
+
+def _records(node: _Node, p: _Problems) -> tuple[tuple[str, tuple[IPAddress, ...]], ...] | None:
+    if not isinstance(node.value, dict):
+        p.add(node.line, "dns.records", "must map names to addresses, e.g. {filter.lan: 192.168.1.2}")
+        return None
+    out = []
+    for name_text, child in node.value.items():
+        key = f"dns.records.{name_text}"
+        name = _zone_name(child, key, name_text, p)
+        values = child.value if isinstance(child.value, list) else [child]
+        addresses: list[IPAddress] = []
+        for index, item in enumerate(values):
+            try:
+                addresses.append(ipaddress.ip_address(str(item.value).strip()))
+            except ValueError:
+                where = key if len(values) == 1 and not isinstance(child.value, list) else f"{key}[{index}]"
+                p.add(item.line, where, f"{item.value!r} is not an IP address")
+        if name is not None and addresses and len(addresses) == len(values):
+            out.append((name, tuple(addresses)))
+    return tuple(out)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> int:
+    """Seconds from `90`, `90s`, `30m`, `6h` or `1d`; ValueError saying which forms are accepted."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip().lower()
+    if text[:-1].isdigit() and text[-1:] in _DURATION_UNITS:
+        return int(text[:-1]) * _DURATION_UNITS[text[-1]]
+    raise ValueError(f"{value!r} is not a duration: write seconds (90) or 90s, 30m, 6h, 1d")
+
+
+def _duration(node: _Node, key: str, p: _Problems, low: int, high: int) -> int | None:
+    try:
+        seconds = parse_duration(node.value)
+    except ValueError as exc:
+        p.add(node.line, key, str(exc))
+        return None
+    if not low <= seconds <= high:
+        p.add(node.line, key, f"must be from {low} to {high} seconds, not {seconds}")
+        return None
+    return seconds
+
+
+def _cache(node: _Node, p: _Problems) -> CacheConfig | None:
+    keys = _mapping(node, "cache", {"size", "min_ttl", "max_ttl", "stale_max"}, p)
+    if keys is None:
+        return None
+    default = CacheConfig()
+    size = _number(keys["size"], "cache.size", p, 0, 10_000_000, int) if "size" in keys else default.size
+    min_ttl = _duration(keys["min_ttl"], "cache.min_ttl", p, 0, 86400) if "min_ttl" in keys else default.min_ttl
+    max_ttl = _duration(keys["max_ttl"], "cache.max_ttl", p, 0, 604800) if "max_ttl" in keys else default.max_ttl
+    stale = _duration(keys["stale_max"], "cache.stale_max", p, 0, 604800) if "stale_max" in keys else default.stale_max
+    if size is None or min_ttl is None or max_ttl is None or stale is None:
+        return None
+    if min_ttl > max_ttl:
+        p.add(keys["min_ttl"].line, "cache.min_ttl", f"{min_ttl} is larger than cache.max_ttl ({max_ttl})")
+        return None
+    return CacheConfig(size=size, min_ttl=min_ttl, max_ttl=max_ttl, stale_max=stale)
 
 
 def _blocking(node: _Node, p: _Problems) -> BlockingConfig | None:
@@ -285,7 +396,8 @@ def _sinkhole(node: _Node, p: _Problems) -> SinkholeConfig | None:
 
 
 _LIST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_LIST_KEYS = {"name", "path", "builtin", "format", "subdomains", "category", "enabled"}
+_SUBSCRIPTION_KEYS = ("refresh", "max_bytes", "shrink_guard", "timeout")
+_LIST_KEYS = {"name", "path", "builtin", "url", "format", "subdomains", "category", "enabled", *_SUBSCRIPTION_KEYS}
 
 
 def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConfig | None:
@@ -293,10 +405,11 @@ def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConf
     if keys is None:
         return None
     before = len(p.items)
-    sources = [k for k in ("path", "builtin") if k in keys]
+    sources = [k for k in ("path", "builtin", "url") if k in keys]
     if len(sources) != 1:
-        p.add(node.line, key, "needs exactly one of: path, builtin")
+        p.add(node.line, key, "needs exactly one of: path, builtin, url")
         return None
+    subscription = _subscription(keys, key, p)
     builtin = _string(keys["builtin"], f"{key}.builtin", p) if "builtin" in keys else None
     path: Path | None = None
     if "path" in keys:
@@ -310,7 +423,7 @@ def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConf
             f"{key}.builtin",
             f"no built-in list {builtin!r} (available: {', '.join(builtin_list_names())})",
         )
-    default_name = builtin or (path.stem if path else "list")
+    default_name = builtin or (path.stem if path else None) or url_list_name(subscription.get("url")) or "list"
     name = _string(keys["name"], f"{key}.name", p) if "name" in keys else default_name
     if name is not None and not _LIST_NAME_RE.match(name):
         p.add(
@@ -327,8 +440,94 @@ def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConf
     if len(p.items) > before or name is None or fmt is None or category is None or enabled is None:
         return None
     return ListConfig(
-        name=name, path=path, builtin=builtin, format=fmt, subdomains=subdomains, category=category, enabled=enabled
+        name=name,
+        path=path,
+        builtin=builtin,
+        format=fmt,
+        subdomains=subdomains,
+        category=category,
+        enabled=enabled,
+        **subscription,
     )
+
+
+def _subscription(keys: dict[str, _Node], key: str, p: _Problems) -> dict[str, Any]:
+    """`url` and the keys that only a url list takes, as ListConfig arguments ({} for other lists)."""
+    if "url" not in keys:
+        for extra in _SUBSCRIPTION_KEYS:
+            if extra in keys:
+                p.add(keys[extra].line, f"{key}.{extra}", "applies only to a list with a url")
+        return {}
+    out: dict[str, Any] = {}
+    url = _string(keys["url"], f"{key}.url", p)
+    if url is not None:
+        problem = url_problem(url)
+        if problem is not None:
+            p.add(keys["url"].line, f"{key}.url", problem)
+        out["url"] = url
+    if "refresh" in keys:
+        out["refresh"] = _duration(keys["refresh"], f"{key}.refresh", p, 1, 30 * 86400)
+    if "timeout" in keys:
+        out["timeout"] = _duration(keys["timeout"], f"{key}.timeout", p, 1, 3600)
+    if "max_bytes" in keys:
+        out["max_bytes"] = _size(keys["max_bytes"], f"{key}.max_bytes", p)
+    if "shrink_guard" in keys:
+        out["shrink_guard"] = _number(keys["shrink_guard"], f"{key}.shrink_guard", p, 0, 1)
+    return out
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be subscribed to, or None: http or https, with a host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError as exc:
+        return f"{url!r} is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return f"{url!r}: only http:// and https:// URLs can be subscribed to"
+    if not parts.hostname:
+        return f"{url!r} has no host name"
+    return None
+
+
+def url_list_name(url: str | None) -> str | None:
+    """A url list's default name: the last path segment without its extension (`.../pro.txt` -> `pro`)."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    segment = urllib.parse.unquote(parts.path.rstrip("/").rpartition("/")[2])
+    return PurePosixPath(segment).stem or parts.hostname
+
+
+def _size(node: _Node, key: str, p: _Problems) -> int | None:
+    try:
+        size = parse_size(node.value)
+    except ValueError as exc:
+        p.add(node.line, key, str(exc))
+        return None
+    if not 1 <= size <= MAX_LIST_BYTES:
+        p.add(node.line, key, f"must be from 1 byte to {format_size(MAX_LIST_BYTES)}, not {size}")
+        return None
+    return size
+
+
+#: The largest `max_bytes`: a download is held in memory while it is checked.
+MAX_LIST_BYTES = 1024**3
+_XDG_STATE_DEFAULT = "~/.local/state"
+
+
+def state_dir_path(text: str, base_dir: Path, environ: Mapping[str, str] = os.environ) -> Path:
+    """`state_dir` as a path: `~` expanded, relative to the config file's folder, and a path under
+    `~/.local/state` moved under `$XDG_STATE_HOME` when that is set (the XDG Base Directory rule)."""
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg) and (text == _XDG_STATE_DEFAULT or text.startswith(_XDG_STATE_DEFAULT + "/")):
+        text = xdg + text[len(_XDG_STATE_DEFAULT) :]
+    return base_dir / Path(text).expanduser()
+
+
+def _state_dir(node: _Node, p: _Problems, base_dir: Path) -> Path | None:
+    text = _string(node, "state_dir", p)
+    return None if text is None else state_dir_path(text, base_dir)
 
 
 def _lists(node: _Node, p: _Problems, base_dir: Path) -> tuple[ListConfig, ...] | None:
@@ -369,7 +568,127 @@ def _metrics(node: _Node, p: _Problems) -> MetricsConfig | None:
     return None if listen is None else MetricsConfig(listen=listen)
 
 
-_TOP_KEYS = {"dns", "blocking", "lists", "allow", "metrics"}
+#: What `$name` in a block-page text may refer to (filled in by filterd/web/blockpage.py).
+BLOCKPAGE_PLACEHOLDERS = ("site", "category", "category_id", "list", "entry", "contact")
+_BLOCKPAGE_TEXT_KEYS = {f.name for f in dataclasses.fields(BlockpageTexts)}
+_LANG_RE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*$")
+
+
+def _blockpage(node: _Node, p: _Problems) -> BlockpageConfig | None:
+    keys = _mapping(node, "blockpage", {"listen", "contact", "unblock_url", "texts", "https"}, p)
+    if keys is None:
+        return None
+    if "listen" not in keys:
+        p.add(node.line, "blockpage.listen", "is required when the section is present (e.g. [192.168.1.2:80])")
+        return None
+    before = len(p.items)
+    listen = _items(keys["listen"], "blockpage.listen", p, lambda n, k: _endpoint(n, k, p, 80))
+    if listen is not None and not listen:
+        p.add(keys["listen"].line, "blockpage.listen", "must list at least one address")
+    contact = _string(keys["contact"], "blockpage.contact", p) if "contact" in keys else None
+    unblock_url = _url(keys["unblock_url"], "blockpage.unblock_url", p) if "unblock_url" in keys else None
+    texts = _blockpage_texts(keys["texts"], p) if "texts" in keys else BlockpageTexts()
+    if "https" in keys and _boolean(keys["https"], "blockpage.https", p):
+        p.add(
+            keys["https"].line,
+            "blockpage.https",
+            "HTTPS for the block page is not supported yet (browsers would show a certificate warning unless "
+            "your devices trust a local CA): leave it out or set false; blocked https:// visits then fail fast",
+        )
+    if len(p.items) > before or not listen or texts is None:
+        return None
+    return BlockpageConfig(listen=listen, contact=contact, unblock_url=unblock_url, texts=texts)
+
+
+def _url(node: _Node, key: str, p: _Problems) -> str | None:
+    text = _string(node, key, p)
+    if text is None:
+        return None
+    parts = urllib.parse.urlsplit(text)
+    scheme = parts.scheme.lower()
+    clean = text.isprintable() and not any(c.isspace() for c in text)
+    if clean and ((scheme in ("http", "https") and parts.netloc) or (scheme in ("mailto", "tel") and parts.path)):
+        return text
+    p.add(node.line, key, f"{text!r} is not an http(s), mailto: or tel: URL (e.g. https://school.example/unblock)")
+    return None
+
+
+def _text(node: _Node, key: str, p: _Problems) -> str | None:
+    text = _string(node, key, p)
+    if text is None:
+        return None
+    template = string.Template(text)
+    available = ", ".join(f"${name}" for name in BLOCKPAGE_PLACEHOLDERS)
+    if not template.is_valid():
+        p.add(node.line, key, f"a '$' starts no placeholder (write $$ for a dollar sign; placeholders: {available})")
+        return None
+    unknown = [name for name in template.get_identifiers() if name not in BLOCKPAGE_PLACEHOLDERS]
+    if unknown:
+        p.add(node.line, key, f"unknown placeholder ${unknown[0]} (available: {available})")
+        return None
+    return text
+
+
+def _help_item(node: _Node, key: str, p: _Problems) -> HelpItem | None:
+    if isinstance(node.value, str):
+        text = _text(node, key, p)
+        return None if text is None else HelpItem(text)
+    keys = _mapping(node, key, {"text", "url", "link"}, p)
+    if keys is None:
+        return None
+    if "text" not in keys:
+        p.add(node.line, f"{key}.text", "is required")
+        return None
+    before = len(p.items)
+    text = _text(keys["text"], f"{key}.text", p)
+    url = _url(keys["url"], f"{key}.url", p) if "url" in keys else None
+    link = _string(keys["link"], f"{key}.link", p) if "link" in keys else None
+    if link is not None and "url" not in keys:
+        p.add(keys["link"].line, f"{key}.link", "needs a url to link to")
+    if len(p.items) > before or text is None:
+        return None
+    return HelpItem(text, url, link)
+
+
+def _blockpage_texts(node: _Node, p: _Problems) -> BlockpageTexts | None:
+    keys = _mapping(node, "blockpage.texts", _BLOCKPAGE_TEXT_KEYS, p)
+    if keys is None:
+        return None
+    before = len(p.items)
+    values: dict[str, Any] = {}
+    for name, child in keys.items():
+        key = f"blockpage.texts.{name}"
+        if name not in _BLOCKPAGE_TEXT_KEYS:
+            continue  # reported by _mapping
+        if name == "help":
+            values[name] = _items(child, key, p, lambda n, k: _help_item(n, k, p))
+        elif name == "categories":
+            values[name] = _categories(child, key, p)
+        elif name == "lang":
+            lang = _string(child, key, p)
+            if lang is not None and not _LANG_RE.match(lang):
+                p.add(child.line, key, f"{lang!r} is not a language tag (e.g. en, en-GB, cy, de)")
+            values[name] = lang
+        else:
+            values[name] = _text(child, key, p)
+    if len(p.items) > before:
+        return None
+    return BlockpageTexts(**values)
+
+
+def _categories(node: _Node, key: str, p: _Problems) -> tuple[tuple[str, str], ...] | None:
+    if not isinstance(node.value, dict):
+        p.add(node.line, key, "must map category ids to descriptions, e.g. {gambling: betting and gambling}")
+        return None
+    merged = dict(BlockpageTexts().categories)  # configured descriptions add to the shipped ones, or replace them
+    for category, child in node.value.items():
+        description = _string(child, f"{key}.{category}", p)
+        if description is not None:
+            merged[category] = description
+    return tuple(merged.items())
+
+
+_TOP_KEYS = {"dns", "blocking", "cache", "lists", "allow", "metrics", "blockpage", "state_dir"}
 
 
 def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config:
@@ -391,12 +710,28 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     else:
         dns = _dns(keys["dns"], p)
     blocking = _blocking(keys["blocking"], p) if "blocking" in keys else BlockingConfig()
+    cache = _cache(keys["cache"], p) if "cache" in keys else CacheConfig()
     lists = _lists(keys["lists"], p, base) if "lists" in keys else DEFAULT_LISTS
     allow = _allow(keys["allow"], p) if "allow" in keys else ()
     metrics = _metrics(keys["metrics"], p) if "metrics" in keys and keys["metrics"].value is not None else None
-    if p.items or dns is None or blocking is None or lists is None or allow is None:
+    blockpage = None
+    if "blockpage" in keys and keys["blockpage"].value is not None:
+        blockpage = _blockpage(keys["blockpage"], p)
+    state_dir = _state_dir(keys["state_dir"], p, base) if "state_dir" in keys else DEFAULT_STATE_DIR
+    if p.items or dns is None or blocking is None or cache is None or lists is None or allow is None:
         raise ConfigError(p.items)
-    return Config(dns=dns, blocking=blocking, lists=lists, allow=allow, metrics=metrics, source=source)
+    assert state_dir is not None  # a bad one is in p.items
+    return Config(
+        dns=dns,
+        blocking=blocking,
+        cache=cache,
+        lists=lists,
+        allow=allow,
+        metrics=metrics,
+        blockpage=blockpage,
+        state_dir=state_dir,
+        source=source,
+    )
 
 
 def load_config(path: Path | str) -> Config:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,10 @@ class DnsConfig:
     upstreams: tuple[Endpoint, ...] = ()
     timeout: float = 2.0
     allow_clients: tuple[IPNetwork, ...] = DEFAULT_ALLOW_CLIENTS
+    #: zone -> its own upstreams (conditional forwarding: the LAN, Active Directory, reverse zones).
+    forward_zones: tuple[tuple[str, tuple[Endpoint, ...]], ...] = ()
+    #: local name -> its addresses, answered by filterd itself.
+    records: tuple[tuple[str, tuple[IPAddress, ...]], ...] = ()
 
 
 class BlockingMode(enum.StrEnum):
@@ -86,21 +91,40 @@ class ListFormat(enum.StrEnum):
     ADBLOCK = "adblock"
 
 
+DEFAULT_REFRESH = 86400.0
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_LIST_TIMEOUT = 300.0
+#: Where downloaded lists are kept (`state_dir`), unless the config says otherwise.
+DEFAULT_STATE_DIR = Path("/var/lib/filterd")
+
+
 @dataclass(frozen=True, slots=True)
 class ListConfig:
-    """One blocklist: exactly one of `path` or `builtin` is set (`url` comes with subscriptions)."""
+    """One blocklist: exactly one of `path`, `builtin` or `url` is set."""
 
     name: str
     path: Path | None = None
     builtin: str | None = None
+    #: A subscription: downloaded (http or https) into `state_dir` and refreshed in the background.
+    url: str | None = None
     format: ListFormat = ListFormat.AUTO
     #: None: the format's own default (hosts: exact names; domains, adblock and builtin lists: subtrees).
     subdomains: bool | None = None
     category: str = "blocked"
     enabled: bool = True
+    #: url lists only: seconds between refreshes (each one jittered by up to 10%).
+    refresh: float = DEFAULT_REFRESH
+    #: url lists only: a larger download is rejected (the last good copy stays in use).
+    max_bytes: int = DEFAULT_MAX_BYTES
+    #: url lists only: a download with fewer than this share of the last good copy's entries is held back.
+    shrink_guard: float = 0.5
+    #: url lists only: seconds one download attempt may take.
+    timeout: float = DEFAULT_LIST_TIMEOUT
 
     @property
     def source(self) -> str:
+        if self.url:
+            return self.url
         return f"builtin:{self.builtin}" if self.builtin else str(self.path)
 
 
@@ -110,18 +134,126 @@ DEFAULT_LISTS: tuple[ListConfig, ...] = (
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The answer cache; `size: 0` turns it off."""
+
+    size: int = 10000
+    min_ttl: int = 0
+    max_ttl: int = 86400
+    #: How long past expiry an entry may still be served when every upstream fails (RFC 8767).
+    stale_max: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class HelpItem:
+    """One line of the block page's "if something worried you" list; `url` (and its text `link`) optional."""
+
+    text: str
+    url: str | None = None
+    #: The link's visible text; None: the URL without its scheme.
+    link: str | None = None
+
+
+#: The block page's help list: UK services by default (a school elsewhere lists its own).
+DEFAULT_HELP: tuple[HelpItem, ...] = (
+    HelpItem("Talk to a parent, carer or teacher you trust. It is never too late to tell someone."),
+    HelpItem(
+        "Want to talk to someone else? Childline is free and private: call 0800 1111, any time, or chat online at",
+        "https://www.childline.org.uk/",
+        "childline.org.uk",
+    ),
+    HelpItem(
+        "Someone online made you feel unsafe, scared or worried? Report it to CEOP, the police team that keeps "
+        "children safe online:",
+        "https://www.ceop.police.uk/Safety-Centre/",
+        "ceop.police.uk/safety-centre",
+    ),
+    HelpItem(
+        "A nude photo or video of you is online? Report Remove, from Childline and the IWF, can help get it "
+        "taken down:",
+        "https://www.childline.org.uk/remove",
+        "childline.org.uk/remove",
+    ),
+    HelpItem("In danger right now? Call", "tel:999", "999"),
+)
+
+#: Category ids of the shipped list -> what kind of site it is, in words a child understands.
+DEFAULT_CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("chat-roulette-video", "random video chat with strangers"),
+    ("adult-cam-roulette", "adult video chat with strangers"),
+    ("anonymous-text-chat", "anonymous chat with strangers"),
+    ("video-chat-rooms", "video chat rooms open to strangers"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockpageTexts:
+    """Every word on the block page; `$site`, `$category`, `$category_id`, `$list`, `$entry` and `$contact`
+    are filled in (escaped). docs/config.md says where each one appears."""
+
+    lang: str = "en"
+    title: str = "Blocked: $site"
+    this_site: str = "this site"
+    heading: str = "This site is blocked"
+    what: str = "It is a site for $category, and it is blocked on this network."
+    what_other: str = "It is on this network's list of blocked sites."
+    what_none: str = "This network blocks some websites, and the one you tried to open is one of them."
+    reassure: str = "This page is here to help keep you safe. Seeing it does not mean you are in trouble."
+    why_heading: str = "Why is it blocked?"
+    why: str = (
+        "Sites that pair you with strangers on camera or in chat are places where people get pressured, tricked, "
+        "or shown things they did not want to see. You can never be sure who is really on the other side."
+    )
+    why_other: str = "The people who look after this network decided that this site should not be used here."
+    help_heading: str = "If something online has worried you"
+    help_intro: str = "You are not on your own. Any of these can help:"
+    help: tuple[HelpItem, ...] = DEFAULT_HELP
+    parents_heading: str = "For parents, carers and teachers"
+    parents_contact: str = "This filter is run by $contact."
+    parents_no_contact: str = (
+        "This filter is run by whoever looks after this network: at home, the person who set up the internet; "
+        "at school, the IT or safeguarding team."
+    )
+    unblock: str = "If a site was blocked by mistake, ask them to unblock it, and tell them its name."
+    unblock_link: str = "Ask for this site to be unblocked"
+    details: str = "Details: $entry is on the list $list (category $category_id)."
+    #: Category id -> description; the shipped ones plus any configured (which win).
+    categories: tuple[tuple[str, str], ...] = DEFAULT_CATEGORIES
+
+
+@dataclass(frozen=True, slots=True)
+class BlockpageConfig:
+    """The sinkhole's web server: explains a block to whoever's browser was sent there."""
+
+    #: In production: the sinkhole address on port 80.
+    listen: tuple[Endpoint, ...]
+    #: Who runs this filter, shown to parents and teachers; None: `texts.parents_no_contact`.
+    contact: str | None = None
+    #: Where to ask for an unblock (http(s), mailto: or tel:); None: no link.
+    unblock_url: str | None = None
+    texts: BlockpageTexts = field(default_factory=BlockpageTexts)
+    #: Reserved for a managed-device option (a local CA); only false for now.
+    https: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     dns: DnsConfig
     blocking: BlockingConfig = field(default_factory=BlockingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     lists: tuple[ListConfig, ...] = DEFAULT_LISTS
     #: Names never blocked, with everything under them (the only exception across lists).
     allow: tuple[str, ...] = ()
     #: None: the listener is off.
     metrics: MetricsConfig | None = None
+    #: None: the block page is off.
+    blockpage: BlockpageConfig | None = None
+    #: Downloaded copies of `url` lists and their metadata; used (and locked) only when a url list is enabled.
+    state_dir: Path = DEFAULT_STATE_DIR
     #: Where the config came from ("<embedded default>" or a path), for messages.
     source: str = "<embedded default>"

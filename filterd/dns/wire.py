@@ -280,10 +280,12 @@ def with_id_and_question(response: bytes, qid: int, question: bytes) -> bytes:
     return _H.pack(qid) + response[2:12] + question + response[12 + len(question) :]
 
 
-def truncate(reply: bytes, question_len: int) -> bytes:
-    """A TC=1 reply with only the header and question, for a UDP client whose buffer is too small."""
+def truncate(reply: bytes, question_len: int, edns: Edns | None = None) -> bytes:
+    """A TC=1 reply with only the header, the question and (for an EDNS client) our OPT, for a UDP client
+    whose buffer is too small: it retries over TCP."""
     qid, flags = struct.unpack_from("!HH", reply)
-    return _HEADER.pack(qid, flags | TC, 1, 0, 0, 0) + reply[12 : 12 + question_len]
+    opt = opt_record(None, edns.do) if edns is not None else b""
+    return _HEADER.pack(qid, flags | TC, 1, 0, 0, 1 if opt else 0) + reply[12 : 12 + question_len] + opt
 
 
 def answer_names(response: bytes) -> list[tuple[int, str]]:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from filterd.dns.response import Response
 from filterd.dns.wire import Question
 
 
@@ -45,7 +46,12 @@ class Answer:
     decision: Decision
     #: Short and bounded: a list name, an upstream, a rule; for logs and `filterd check`.
     reason: str = ""
+    #: The upstream's response as read (client-independent), for the stages that cache or inspect it.
+    response: Response | None = None
 
+
+#: The reason of an error answer when every upstream answered SERVFAIL: the cache remembers those briefly.
+SERVFAIL_REASON = "upstreams answered SERVFAIL"
 
 CallNext = Callable[[Query], Awaitable[Answer]]
 

@@ -1,8 +1,7 @@
 """PolicyStage: names on a blocklist get the sinkhole reply; `allow` wins over every list.
 
-Checks the query name at once (synchronously), and after forwarding checks the CNAME chain of the answer,
-so a listed name cannot be reached through an alias (as Pi-hole, AdGuard Home and Blocky do).
-A blocked name is never sent upstream.
+Checks the query name at once (synchronously); a blocked name is never sent upstream. The CNAME chain of a
+forwarded answer is checked by `CnameStage` with the same `decide`.
 """
 
 from __future__ import annotations
@@ -10,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from filterd.blocklists.matcher import Match, Matcher
-from filterd.dns import wire
-from filterd.pipeline.base import Answer, CallNext, Decision, PassThrough, Query
+from filterd.pipeline.base import Answer, Decision, PassThrough, Query
 from filterd.sinkhole import BlockedReplies
 
 
@@ -55,14 +53,3 @@ class PolicyStage(PassThrough):
         if match is None:
             return None
         return Answer(self.replies.reply(query.question, match.entry, match.list), Decision.BLOCKED, match.list)
-
-    async def handle(self, query: Query, call_next: CallNext) -> Answer:
-        answer = await call_next(query)
-        if answer.decision not in (Decision.FORWARDED, Decision.CACHED):
-            return answer
-        for _, target in wire.answer_names(answer.wire):
-            match = self.decide(target)
-            if match is not None:
-                reply = self.replies.reply(query.question, match.entry, match.list)
-                return Answer(reply, Decision.BLOCKED, f"{match.list} (CNAME {target})")
-        return answer

@@ -3,6 +3,9 @@
 Each exchange uses a fresh random ID and a fresh socket (so a fresh random source port); a reply whose ID or
 question does not match is ignored and we keep listening until the deadline (RFC 5452). On a timeout,
 SERVFAIL, REFUSED or network error the next upstream is tried; all of them share one `dns.timeout`.
+Identical queries in flight are merged into one upstream exchange (RFC 5452 section 5). Queries under a
+`dns.forward_zones` zone go to that zone's upstreams. An upstream that keeps timing out is skipped until a
+probe shows it alive again (`UpstreamHealth`).
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from filterd.config.schema import Endpoint
 from filterd.dns import wire
+from filterd.dns.response import Response, parse_response, render, upstream_query
 from filterd.metrics import Metrics
-from filterd.pipeline.base import Answer, Decision, Query
+from filterd.pipeline.base import SERVFAIL_REASON, Answer, Decision, Query
+from filterd.pipeline.upstream_health import UpstreamHealth
 
 log = logging.getLogger(__name__)
+
+MergeKey = tuple[str, int, int, bool, bool]
 
 
 class UpstreamError(Exception):
@@ -31,7 +39,7 @@ class UpstreamError(Exception):
 
 
 class _UdpExchange(asyncio.DatagramProtocol):
-    def __init__(self, qid: int, question: bytes, on_mismatch: asyncio.Handle | None = None) -> None:
+    def __init__(self, qid: int, question: bytes) -> None:
         self.qid = qid
         self.question = question
         self.future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -82,6 +90,8 @@ async def exchange_udp(upstream: Endpoint, packet: bytes, question: bytes, timeo
             kind = "mismatch" if protocol.mismatches else "timeout"
             raise UpstreamError(kind, f"no matching answer within {timeout:.2f}s") from None
     finally:
+        if not protocol.future.done():
+            protocol.future.cancel()  # so the close below does not leave an unretrieved exception
         transport.close()
 
 
@@ -108,54 +118,122 @@ async def exchange_tcp(upstream: Endpoint, packet: bytes, question: bytes, timeo
         raise UpstreamError("network", f"TCP: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one forwarding attempt across the upstreams gave: a response, or the kinds of failure."""
+
+    response: Response | None
+    upstream: str
+    failures: tuple[str, ...]
+
+
 class UpstreamResolver:
     name = "upstream"
 
-    def __init__(self, upstreams: Sequence[Endpoint], timeout: float, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        upstreams: Sequence[Endpoint],
+        timeout: float,
+        metrics: Metrics,
+        zones: Mapping[str, Sequence[Endpoint]] | None = None,
+        health: UpstreamHealth | None = None,
+    ) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.upstreams = tuple(upstreams)
+        self.zones = {zone: tuple(eps) for zone, eps in (zones or {}).items()}
         self.timeout = timeout
         self.metrics = metrics
+        every = {*self.upstreams, *(ep for eps in self.zones.values() for ep in eps)}
+        self.health = health if health is not None else UpstreamHealth(sorted(every, key=str), metrics)
+        self._inflight: dict[MergeKey, asyncio.Future[_Outcome]] = {}
+
+    def upstreams_for(self, qname: str) -> tuple[Endpoint, ...]:
+        """The zone's upstreams for a name under a forward zone (longest zone wins), else the defaults."""
+        if self.zones:
+            name = qname
+            while True:
+                found = self.zones.get(name)
+                if found is not None:
+                    return found
+                if not name:
+                    break
+                dot = name.find(".")
+                name = name[dot + 1 :] if dot >= 0 else ""
+        return self.upstreams
 
     async def resolve(self, query: Query) -> Answer:
         q = query.question
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        kinds: list[str] = []
-        for index, upstream in enumerate(self.upstreams):
-            remaining = deadline - loop.time()
-            if remaining <= 0.001:
-                break
-            share = remaining / (len(self.upstreams) - index)
-            label = str(upstream)
-            started = time.perf_counter()
+        key = (q.qname, q.qtype, q.qclass, q.edns is not None and q.edns.do, bool(q.flags & wire.CD))
+        pending = self._inflight.get(key)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._inflight[key] = pending
             try:
-                response = await self._exchange(upstream, query.raw, q.question, share)
-            except UpstreamError as exc:
-                kinds.append(exc.kind)
-                self.metrics.upstream_errors.labels(upstream=label, kind=exc.kind).inc()
-                log.debug("upstream %s failed for %s: %s", label, q.qname, exc)
-                continue
-            rcode = response[3] & 0xF
-            if rcode in (wire.SERVFAIL, wire.REFUSED):
-                kind = "servfail" if rcode == wire.SERVFAIL else "refused"
-                kinds.append(kind)
-                self.metrics.upstream_errors.labels(upstream=label, kind=kind).inc()
-                continue
-            self.metrics.upstream_duration.labels(upstream=label).observe(time.perf_counter() - started)
-            return Answer(wire.with_id_and_question(response, q.id, q.question), Decision.FORWARDED, label)
+                pending.set_result(await self._forward(q))
+            except BaseException as exc:
+                pending.set_exception(exc)
+                pending.exception()  # mark retrieved: the waiters below get it too
+                raise
+            finally:
+                del self._inflight[key]
+        outcome = await asyncio.shield(pending)
+        if outcome.response is not None:
+            return Answer(render(outcome.response, q), Decision.FORWARDED, outcome.upstream, outcome.response)
+        kinds = outcome.failures
         network_only = bool(kinds) and all(k == "network" for k in kinds)
         code = wire.EDE_NETWORK_ERROR if network_only else wire.EDE_NO_REACHABLE_AUTHORITY
         text = f"filterd: no upstream answered ({', '.join(sorted(set(kinds))) or 'timeout'})"
-        return Answer(wire.build_reply(q, wire.SERVFAIL, ede=(code, text)), Decision.ERROR, "upstreams failed")
+        reason = SERVFAIL_REASON if kinds and all(k == "servfail" for k in kinds) else "upstreams failed"
+        return Answer(wire.build_reply(q, wire.SERVFAIL, ede=(code, text)), Decision.ERROR, reason)
 
-    async def _exchange(self, upstream: Endpoint, packet: bytes, question: bytes, timeout: float) -> bytes:
-        started = asyncio.get_running_loop().time()
-        response, mismatches = await exchange_udp(upstream, packet, question, timeout)
+    async def _forward(self, q: wire.Question) -> _Outcome:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        packet = upstream_query(q, 0)
+        candidates = self.health.order(self.upstreams_for(q.qname))
+        failures: list[str] = []
+        for index, upstream in enumerate(candidates):
+            remaining = deadline - loop.time()
+            if remaining <= 0.001:
+                break
+            share = remaining / (len(candidates) - index)
+            label = str(upstream)
+            started = time.perf_counter()
+            try:
+                response = await self._exchange(upstream, packet, q.question, share)
+            except UpstreamError as exc:
+                failures.append(exc.kind)
+                self.metrics.upstream_errors.labels(upstream=label, kind=exc.kind).inc()
+                self.health.failed(upstream, exc.kind)
+                log.debug("upstream %s failed for %s: %s", label, q.qname, exc)
+                continue
+            self.health.succeeded(upstream, time.perf_counter() - started)
+            if response.rcode in (wire.SERVFAIL, wire.REFUSED):
+                kind = "servfail" if response.rcode == wire.SERVFAIL else "refused"
+                failures.append(kind)
+                self.metrics.upstream_errors.labels(upstream=label, kind=kind).inc()
+                continue
+            self.metrics.upstream_duration.labels(upstream=label).observe(time.perf_counter() - started)
+            return _Outcome(response, label, ())
+        return _Outcome(None, "", tuple(failures))
+
+    async def _exchange(self, upstream: Endpoint, packet: bytes, question: bytes, timeout: float) -> Response:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        data, mismatches = await exchange_udp(upstream, packet, question, timeout)
         if mismatches:
             self.metrics.upstream_errors.labels(upstream=str(upstream), kind="mismatch").inc(mismatches)
-        if response[2] & 0x02:  # TC: the answer did not fit; ask again over TCP
-            left = timeout - (asyncio.get_running_loop().time() - started)
-            response = await exchange_tcp(upstream, packet, question, max(left, 0.05))
-        return response
+        if data[2] & 0x02:  # TC: the answer did not fit; ask again over TCP
+            left = timeout - (loop.time() - started)
+            data = await exchange_tcp(upstream, packet, question, max(left, 0.05))
+        try:
+            return parse_response(data, len(question))
+        except wire.WireError as exc:
+            raise UpstreamError("mismatch", f"unreadable response: {exc.reason}") from None
+
+    async def start(self) -> None:
+        self.health.start()
+
+    async def stop(self) -> None:
+        await self.health.stop()

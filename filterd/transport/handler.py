@@ -57,7 +57,7 @@ class QueryHandler:
         self.metrics.queries.count(query.protocol, q.qtype, answer.decision)
         reply = answer.wire
         if query.protocol == "udp" and len(reply) > q.max_udp:
-            reply = wire.truncate(reply, len(q.question))
+            reply = wire.truncate(reply, len(q.question), q.edns)
         return reply
 
     def _count(self, reply: bytes | None, protocol: str, qtype: int) -> bytes | None:

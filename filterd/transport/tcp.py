@@ -7,25 +7,30 @@ import asyncio
 import contextlib
 import logging
 import struct
+from dataclasses import dataclass
 
 from filterd.transport.handler import QueryHandler
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class TcpLimits:
+    #: Seconds a connection may sit without a query before it is closed (RFC 7766 6.2.3).
+    idle_timeout: float = 10.0
+    #: Connections open at once; more are closed at once.
+    max_connections: int = 256
+    #: Queries of one connection being resolved at once; the next is read when one finishes.
+    max_inflight_per_connection: int = 32
+
+
 class TcpServer:
-    def __init__(
-        self,
-        handler: QueryHandler,
-        *,
-        idle_timeout: float = 10.0,
-        max_connections: int = 256,
-        max_inflight_per_connection: int = 32,
-    ) -> None:
+    def __init__(self, handler: QueryHandler, limits: TcpLimits | None = None) -> None:
         self.handler = handler
-        self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.max_inflight = max_inflight_per_connection
+        limits = limits if limits is not None else TcpLimits()
+        self.idle_timeout = limits.idle_timeout
+        self.max_connections = limits.max_connections
+        self.max_inflight = limits.max_inflight_per_connection
         self.connections = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,1 +1,1 @@
-"""HTTP servers (aiohttp): the Prometheus endpoint, and later the block page and the admin API."""
+"""HTTP servers (aiohttp): the Prometheus endpoint, the block page, and later the admin API."""

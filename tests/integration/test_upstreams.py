@@ -121,3 +121,33 @@ def test_metrics_for_forwarded_queries(start_filterd: Start, dnsmasq: Dnsmasq) -
     assert server.metric("filterd_blocklist_entries", list="chat-roulette") > 200
     assert server.metric("filterd_build_info", version="0.1.0") == 1
     assert "example.org" not in server.metrics_text() and '127.0.0.1"' not in server.metrics_text()
+
+
+def test_dead_upstream_is_skipped_until_a_probe_sees_it_again(
+    start_filterd: Start, fake_upstream: FakeUpstream, dnsmasq: Dnsmasq
+) -> None:
+    fake_upstream.behaviour = lambda q: []
+    server = _start(start_filterd, fake_upstream.address, dnsmasq.address, timeout=1.0)
+    for name in ("example.org", "www.example.org"):  # two timeouts in a row: marked down
+        assert addresses(server.query(name, "A")) != []
+    assert server.metric("filterd_upstream_up", upstream=fake_upstream.address) == 0
+    assert server.metric("filterd_upstream_up", upstream=dnsmasq.address) == 1
+    started = time.monotonic()
+    assert addresses(server.query("safe.example.net", "A")) == ["192.0.2.20"]
+    assert time.monotonic() - started < 0.3  # not waited out
+    fake_upstream.behaviour = FakeUpstream.answer  # it recovers; a probe notices
+    deadline = time.monotonic() + 5
+    while server.metric("filterd_upstream_up", upstream=fake_upstream.address) == 0:
+        assert time.monotonic() < deadline, "the probe never marked the upstream up again"
+        time.sleep(0.1)
+    assert addresses(server.query("after.example.com", "A")) == ["192.0.2.1"]  # the first upstream again
+    assert "after.example.com" in fake_upstream.received
+
+
+def test_servfail_then_recovery(start_filterd: Start, fake_upstream: FakeUpstream, dnsmasq: Dnsmasq) -> None:
+    fake_upstream.behaviour = lambda q: FakeUpstream.rcode(q, dns.rcode.SERVFAIL)
+    server = _start(start_filterd, fake_upstream.address, dnsmasq.address)
+    assert addresses(server.query("example.org", "A")) == ["192.0.2.10"]  # from the second upstream
+    assert server.metric("filterd_upstream_up", upstream=fake_upstream.address) == 1  # alive, just failing
+    fake_upstream.behaviour = FakeUpstream.answer
+    assert addresses(server.query("recovered.example.com", "A")) == ["192.0.2.1"]

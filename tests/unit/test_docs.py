@@ -22,8 +22,8 @@ def _keys(cls: type, prefix: str) -> list[str]:
         hint = hints[field.name]
         args = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
         target = hint if dataclasses.is_dataclass(hint) else (args[0] if args else None)
-        if target is schema.ListConfig or (args and args[0] is schema.ListConfig):
-            out += _keys(schema.ListConfig, f"{key}[].")
+        if typing.get_origin(hint) is tuple and isinstance(target, type) and target is not schema.Endpoint:
+            out += _keys(target, f"{key}[].")  # a list of mappings: lists[].name, blockpage.texts.help[].url
         elif isinstance(target, type) and target is not schema.Endpoint:
             out += _keys(target, f"{key}.")
         else:

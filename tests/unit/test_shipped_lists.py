@@ -22,6 +22,9 @@ LIST_FILES = sorted(p for p in LISTS_DIR.glob("*.txt") if p.name != NEVER_BLOCK.
 CHAT_ROULETTE = LISTS_DIR / "chat-roulette.txt"
 GENERATOR = LISTS_DIR / "tools" / "build_chat_roulette.py"
 REFERENCE_TSV = ROOT.parent / "shared" / "reference" / "chat-roulette.tsv"
+DOH_BYPASS = LISTS_DIR / "doh-bypass.txt"
+DOH_GENERATOR = LISTS_DIR / "tools" / "build_doh_bypass.py"
+DOH_TSV = ROOT.parent / "shared" / "reference" / "doh-resolvers.tsv"
 
 REQUIRED_KEYS = ("name", "description", "version", "license")
 CHAT_ROULETTE_CATEGORIES = (
@@ -41,6 +44,36 @@ PRIORITY_NAMES = (
     "emeraldchat.com",
     "uhmegle.com",
     "coomeet.com",
+)
+
+DOH_CATEGORIES = ("doh-major-providers", "icloud-private-relay", "doh-other-resolvers")
+#: Resolver hosts doh-bypass must block (each seen in two or more maintained lists).
+DOH_RESOLVERS = (
+    "dns.google",
+    "dns.google.com",
+    "cloudflare-dns.com",
+    "mozilla.cloudflare-dns.com",
+    "one.one.one.one",
+    "dns.quad9.net",
+    "dns.nextdns.io",
+    "doh.opendns.com",
+    "dns.adguard-dns.com",
+    "doh.cleanbrowsing.org",
+    "doh.dns.apple.com",
+    "mask.icloud.com",
+)
+#: Vendors' whole sites and dashboards, and names that need another answer than a block.
+DOH_NOT_BLOCKED = (
+    "quad9.net",
+    "www.quad9.net",
+    "nextdns.io",
+    "my.nextdns.io",
+    "cloudflare.com",
+    "dash.cloudflare.com",
+    "cleanbrowsing.org",
+    "google.com",
+    "switch.ch",
+    "use-application-dns.net",
 )
 
 _HEADER_KEY = re.compile(r"# ([a-z][a-z0-9-]*): (.*)")
@@ -302,5 +335,61 @@ def test_generator_reproduces_chat_roulette_list(tmp_path: Path) -> None:
         pytest.fail(
             f"{rel(CHAT_ROULETTE)} is out of date; rerun "
             f"'python {rel(GENERATOR)} {REFERENCE_TSV}':\n" + "\n".join(list(diff)[:80]),
+            pytrace=False,
+        )
+
+
+def test_never_block_file_format() -> None:
+    if not NEVER_BLOCK.exists():
+        pytest.skip(f"{rel(NEVER_BLOCK)} not present")
+    first: dict[str, str] = {}
+    problems = []
+    for number, line in enumerate(NEVER_BLOCK.read_text(encoding="utf-8").split("\n"), start=1):
+        where = f"{rel(NEVER_BLOCK)}:{number}"
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line != line.strip() or "#" in line:
+            problems.append(f"{where}: {line!r}: one name per line, nothing else (comments on their own lines)")
+        elif why := hostname_problem(line):
+            problems.append(f"{where}: {line!r}: {why}")
+        elif line in first:
+            problems.append(f"{where}: {line!r} is already listed at {first[line]}")
+        first.setdefault(line, where)
+    fail_if(problems, "bad never-block.txt")
+
+
+def test_doh_bypass_sections() -> None:
+    sections = tuple(name for name, _ in parse_list(DOH_BYPASS).sections)
+    assert sections == DOH_CATEGORIES
+
+
+def test_doh_bypass_blocks_resolver_hosts_not_vendor_sites() -> None:
+    entries = {entry.name: entry for entry in parse_list(DOH_BYPASS).entries}
+    missing = [name for name in DOH_RESOLVERS if blocking_entry(name, entries) is None]
+    assert not missing, f"{rel(DOH_BYPASS)} does not block: {', '.join(missing)}"
+    wrong = [f"{name} (by {e.name}, {e.where})" for name in DOH_NOT_BLOCKED if (e := blocking_entry(name, entries))]
+    assert not wrong, f"{rel(DOH_BYPASS)} blocks: {', '.join(wrong)}"
+
+
+def test_generator_reproduces_doh_bypass_list(tmp_path: Path) -> None:
+    if not DOH_TSV.is_file():
+        pytest.skip("../shared/reference not present (only in the development workspace)")
+    out = tmp_path / "doh-bypass.txt"
+    result = subprocess.run(
+        [sys.executable, str(DOH_GENERATOR), str(DOH_TSV), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"{rel(DOH_GENERATOR)} failed:\n{result.stderr}"
+    committed = DOH_BYPASS.read_text(encoding="utf-8")
+    expected = out.read_text(encoding="utf-8")
+    if committed != expected:
+        diff = difflib.unified_diff(
+            committed.splitlines(), expected.splitlines(), fromfile=rel(DOH_BYPASS), tofile="generated", lineterm=""
+        )
+        pytest.fail(
+            f"{rel(DOH_BYPASS)} is out of date; rerun 'python {rel(DOH_GENERATOR)} {DOH_TSV}':\n"
+            + "\n".join(list(diff)[:80]),
             pytrace=False,
         )

@@ -1,0 +1,124 @@
+"""The compiled snapshot answers exactly as the in-memory Matcher does, from a mapped file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from filterd.blocklists.builtin import builtin_path
+from filterd.blocklists.compiled import CompiledMatcher, CompileError, ListFile, compile_lists
+from filterd.blocklists.matcher import ListSource, Matcher
+from filterd.blocklists.parse import parse_list
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "domains-samples"
+
+
+def _both(tmp_path: Path, files: list[tuple[str, str, str]]) -> tuple[Matcher, CompiledMatcher]:
+    """files: (list name, format, text)"""
+    specs = []
+    sources = []
+    for name, fmt, text in files:
+        path = tmp_path / f"{name}.txt"
+        path.write_text(text)
+        specs.append(ListFile(name, f"{name}-cat", path, fmt))
+        sources.append(ListSource(name, f"{name}-cat", parse_list(text, fmt=fmt)))
+    out = tmp_path / "snapshot.bin"
+    compile_lists(specs, out)
+    return Matcher.build(sources), CompiledMatcher(out)
+
+
+LISTS = [
+    ("ads", "domains", "# category: tracking\nads.example\n*.wild.example\n# category: other\nexact.example\n"),
+    ("hosts", "hosts", "0.0.0.0 h1.example h2.example\n127.0.0.1 deep.ads.example\n"),
+    ("ab", "adblock", "||ab.example^\n@@||ok.ab.example^\n|only.example^\n@@|ads.example^\n||x.com^$third-party\n"),
+]
+QUERIES = [
+    "ads.example",
+    "x.ads.example",
+    "wild.example",
+    "a.wild.example",
+    "exact.example",
+    "sub.exact.example",
+    "h1.example",
+    "sub.h1.example",
+    "deep.ads.example",
+    "ab.example",
+    "ok.ab.example",
+    "z.ok.ab.example",
+    "only.example",
+    "sub.only.example",
+    "x.com",
+    "nothing.example",
+    "example",
+    "",
+]
+
+
+@pytest.mark.parametrize("qname", QUERIES)
+def test_same_answers_as_the_matcher(tmp_path: Path, qname: str) -> None:
+    matcher, compiled = _both(tmp_path, LISTS)
+    assert compiled.match(qname) == matcher.match(qname)
+    assert compiled.entry_counts() == matcher.entry_counts()
+
+
+def test_builtin_list_compiles_and_matches(tmp_path: Path) -> None:
+    out = tmp_path / "s.bin"
+    report = compile_lists(
+        [ListFile("chat-roulette", "chat-roulette", builtin_path("chat-roulette"), "domains", True)], out
+    )
+    compiled = CompiledMatcher(out)
+    match = compiled.match("front7.omegle.com")
+    assert match is not None and (match.list, match.entry) == ("chat-roulette", "omegle.com")
+    assert match.category == "chat-roulette-video"
+    lines = builtin_path("chat-roulette").read_text().splitlines()
+    assert lines[match.line - 1] == "omegle.com"
+    assert report.entries["chat-roulette"] == compiled.entry_counts()["chat-roulette"] > 200
+
+
+def test_not_a_snapshot_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"hello")
+    with pytest.raises(CompileError):
+        CompiledMatcher(bad)
+
+
+names = st.from_regex(r"[a-c]{1,2}(\.[a-c]{1,2}){0,2}", fullmatch=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["", "*.", "||", "@@||", "|"]), names), max_size=12),
+    st.lists(st.tuples(st.sampled_from(["", "*."]), names), max_size=8),
+    st.lists(names, max_size=20),
+)
+def test_property_same_as_matcher(
+    tmp_path_factory: pytest.TempPathFactory,
+    adblock: list[tuple[str, str]],
+    domains: list[tuple[str, str]],
+    queries: list[str],
+) -> None:
+    tmp = tmp_path_factory.mktemp("p")
+    ab_text = "".join(f"{p}{n}{'^' if p in ('||', '@@||', '|') else ''}\n" for p, n in adblock)
+    d_text = "".join(f"{p}{n}\n" for p, n in domains)
+    matcher, compiled = _both(tmp, [("one", "adblock", ab_text), ("two", "domains", d_text)])
+    for q in queries:
+        assert compiled.match(q) == matcher.match(q), q
+    assert compiled.entry_counts() == matcher.entry_counts()
+
+
+def test_real_lists_agree(tmp_path: Path) -> None:
+    if not SAMPLES.is_dir():
+        pytest.skip("../shared/domains-samples not present (only in the development workspace)")
+    files = ["blocklistproject-basic.hosts.txt", "ut1-chat.domains.txt", "blocklistproject-basic.adblock.txt"]
+    specs = [ListFile(f, f, SAMPLES / f) for f in files]
+    sources = [ListSource(f, f, parse_list((SAMPLES / f).read_text(encoding="utf-8-sig"))) for f in files]
+    out = tmp_path / "real.bin"
+    compile_lists(specs, out)
+    compiled, matcher = CompiledMatcher(out), Matcher.build(sources)
+    assert compiled.entry_counts() == matcher.entry_counts()
+    names = [line.split()[-1] for line in (SAMPLES / files[0]).read_text().splitlines()[:3000] if line[:1].isdigit()]
+    for name in [*names, *(f"sub.{n}" for n in names[:500]), "example.org"]:
+        assert compiled.match(name) == matcher.match(name), name
