@@ -5,21 +5,29 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import secrets
 import socket
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from filterd import __version__
+from filterd.blocklists.builtin import builtin_path
 from filterd.blocklists.load import LoadedLists, load_lists
+from filterd.blocklists.local import LOCAL_LIST, LocalLists
 from filterd.blocklists.matcher import Match
 from filterd.blocklists.refresh import ListRefresher, open_state
 from filterd.blocklists.state import StateDir
+from filterd.config.load import EMBEDDED_NAME, load_config, load_embedded
 from filterd.config.resolvconf import default_upstreams
 from filterd.config.schema import Config, Endpoint
-from filterd.errors import FilterdError
+from filterd.errors import ConfigError, FilterdError
+from filterd.explain import explain
 from filterd.metrics import Metrics
 from filterd.pipeline.access import AccessStage
 from filterd.pipeline.base import Pipeline
@@ -27,11 +35,12 @@ from filterd.pipeline.cache import CacheStage, DnsCache
 from filterd.pipeline.cname import CnameStage
 from filterd.pipeline.local import LocalStage
 from filterd.pipeline.policy import AllowList, PolicyStage
-from filterd.pipeline.upstream import UpstreamResolver
+from filterd.pipeline.upstream import UpstreamResolver, upstreams_for
 from filterd.sinkhole import BlockedReplies
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
 from filterd.transport.udp import UdpServer
+from filterd.web.admin import AdminRequestError, admin_app
 from filterd.web.blockpage import blockpage_app
 from filterd.web.metrics import metrics_app
 
@@ -72,6 +81,7 @@ class Listening:
     dns: list[Endpoint] = field(default_factory=list)
     metrics: Endpoint | None = None
     blockpage: list[Endpoint] = field(default_factory=list)
+    admin: Endpoint | None = None
 
 
 class App:
@@ -93,20 +103,29 @@ class App:
         self.pipeline: Pipeline | None = None
         self.cache: DnsCache | None = None
         self.resolver: UpstreamResolver | None = None
+        self.local_stage: LocalStage | None = None
+        self.local_lists = LocalLists(None)
+        self.handler: QueryHandler | None = None
+        self.upstreams: tuple[Endpoint, ...] = ()
+        self.started = time.time()
+        self.lists_loaded = time.time()
+        self._reload_lock = asyncio.Lock()
 
     def build_pipeline(self, lists: LoadedLists, upstreams: tuple[Endpoint, ...]) -> Pipeline:
         cfg = self.config
         zones = dict(cfg.dns.forward_zones)
-        self.policy = PolicyStage(lists.matcher, AllowList(cfg.allow), BlockedReplies(cfg.blocking))
+        self.policy = PolicyStage(lists.matcher, AllowList(cfg.allow), BlockedReplies(cfg.blocking), self.local_lists)
         self.cache = DnsCache(cfg.cache.size, cfg.cache.min_ttl, cfg.cache.max_ttl, cfg.cache.stale_max)
+        self.policy.on_change.append(self.cache.clear)
         self.metrics.watch_cache(self.cache)
+        self.local_stage = LocalStage(dict(cfg.dns.records), forward_zones=zones)
         self.resolver = UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics, zones=zones)
         stages = [
             # First: a client we do not serve learns nothing and costs nothing.
             AccessStage(cfg.dns.allow_clients),
             # Before policy: the admin's own names, localhost, and names that must never leak (RFC 6761,
             # RFC 6303) are answered here and never depend on the lists; ANY and AXFR never go out.
-            LocalStage(dict(cfg.dns.records), forward_zones=zones),
+            self.local_stage,
             # Before the cache and the upstream: a blocked name is never sent out, nor served from cache.
             self.policy,
             # Before the upstream: repeated questions are answered at once; serves stale when upstreams fail.
@@ -119,8 +138,11 @@ class App:
 
     async def start(self) -> None:
         upstreams = resolve_upstreams(self.config)
-        self.state = open_state(self.config)  # created and locked when a url list needs it, else None
+        self.upstreams = upstreams
+        self.state = open_state(self.config)  # created and locked when a url list or the admin API needs it
         try:
+            if self.state is not None:
+                self.local_lists = LocalLists.load(self.state.path / "local.json")
             self.lists = load_lists(self.config.lists, self.state)  # url lists from their stored copies
         except BaseException:
             await self.stop()
@@ -135,7 +157,7 @@ class App:
             log.info("forward zone %s: %s", zone, ", ".join(map(str, zone_upstreams)))
         assert self.resolver is not None
         await self.resolver.start()
-        handler = QueryHandler(self.pipeline, self.metrics)
+        handler = self.handler = QueryHandler(self.pipeline, self.metrics)
         try:
             for endpoint in self.config.dns.listen:
                 await self._listen_dns(endpoint, handler)
@@ -149,19 +171,230 @@ class App:
                 for endpoint in self.config.blockpage.listen:
                     app = blockpage_app(self.config.blockpage, self.decide, self.metrics, allowed=allowed)
                     self.listening.blockpage.append(await self._listen_http(endpoint, app, "blockpage"))
+            if self.config.admin is not None:
+                token = ensure_token(self.config.admin.token_file)
+                self.listening.admin = await self._listen_http(
+                    self.config.admin.listen, admin_app(self, token), "admin"
+                )
         except BaseException:
             await self.stop()
             raise
         if not self.listening.dns:
             await self.stop()
             raise StartupError("no DNS listener could be opened")
-        if self.state is not None and self.policy is not None:
+        self._start_refresher()
+        self._warn_about_sinkhole()
+
+    # --- reload -----------------------------------------------------------------------------------------
+
+    def _read_config(self) -> Config:
+        source = self.config.source
+        return load_embedded() if source == EMBEDDED_NAME else load_config(source)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config and the lists; swap them in only if all of it is good (SIGHUP, `filterd reload`).
+
+        The lists are read in a worker thread, so the loop keeps answering; the new pipeline replaces the old
+        in one assignment: a query in flight finishes on the pipeline it started on. Listeners (addresses and
+        ports) and state_dir are not re-bound: changing them needs a restart, and the log says so.
+        """
+        async with self._reload_lock:
+            started = time.monotonic()
+            try:
+                config = await asyncio.to_thread(self._read_config)
+                upstreams = resolve_upstreams(config)
+                lists = await asyncio.to_thread(load_lists, config.lists, self.state)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("reload: %s", problem)
+                log.error("reload: the config has errors; the running config stays in use")
+                return {"ok": False, "errors": exc.problems}
+            except FilterdError as exc:
+                log.error("reload: %s; the running config stays in use", exc)
+                return {"ok": False, "errors": [str(exc)]}
+            for warning in self._needs_restart(config):
+                log.warning("reload: %s", warning)
+            old = self.config
+            config = replace(  # what is bound stays bound: the running config says what really runs
+                config,
+                dns=replace(config.dns, listen=old.dns.listen),
+                metrics=old.metrics,
+                blockpage=old.blockpage,
+                admin=old.admin,
+                state_dir=old.state_dir,
+            )
+            old_resolver, old_refresher = self.resolver, self.refresher
+            self.config, self.upstreams, self.lists = config, upstreams, lists
+            pipeline = self.build_pipeline(lists, upstreams)
+            assert self.resolver is not None and self.handler is not None
+            await self.resolver.start()
+            self.pipeline = self.handler.pipeline = pipeline  # the swap
+            self.lists_loaded = time.time()
+            if old_resolver is not None:
+                await old_resolver.stop()
+            if old_refresher is not None:
+                await old_refresher.stop()
+                self.refresher = None
+            self._start_refresher()
+            self._export_list_counts(lists.entries)
+            seconds = time.monotonic() - started
+            log.info("reload: done in %.2fs; pipeline: %s", seconds, pipeline.describe())
+            return {"ok": True, "seconds": round(seconds, 3), "lists": lists.entries}
+
+    def _needs_restart(self, new: Config) -> list[str]:
+        old = self.config
+        changed = [
+            key
+            for key, a, b in (
+                ("dns.listen", old.dns.listen, new.dns.listen),
+                ("metrics", old.metrics, new.metrics),
+                ("blockpage", old.blockpage, new.blockpage),
+                ("admin", old.admin, new.admin),
+                ("state_dir", old.state_dir, new.state_dir),
+            )
+            if a != b
+        ]
+        return [f"{key} changed: restart filterd to apply it (the running value stays)" for key in changed]
+
+    def _start_refresher(self) -> None:
+        has_urls = any(cfg.url and cfg.enabled for cfg in self.config.lists)
+        if has_urls and self.state is not None and self.policy is not None and self.lists is not None:
             # Downloads in the background: start serves the stored copies at once and never waits for them.
             self.refresher = ListRefresher.create(
-                self.config, self.state, self.lists, self.policy, self.metrics, upstreams
+                self.config, self.state, self.lists, self.policy, self.metrics, self.upstreams
             )
             self.refresher.start()
-        self._warn_about_sinkhole()
+
+    def _export_list_counts(self, entries: dict[str, int]) -> None:
+        self.metrics.blocklist_entries.clear()
+        for name, count in entries.items():
+            self.metrics.blocklist_entries.labels(list=name).set(count)
+
+    # --- the admin API's backend (filterd/web/admin.py) ----------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "config": self.config.source,
+            "pipeline": self.pipeline.describe() if self.pipeline is not None else None,
+            "started": self.started,
+            "dns": [str(ep) for ep in self.listening.dns],
+            "upstreams": [str(ep) for ep in self.upstreams],
+        }
+
+    def list_files(self) -> dict[str, Path]:
+        """Where each list's text is on disk (for quoting the line that matched)."""
+        out: dict[str, Path] = {}
+        for cfg in self.config.lists:
+            if cfg.builtin:
+                out[cfg.name] = builtin_path(cfg.builtin)
+            elif cfg.path is not None:
+                out[cfg.name] = cfg.path
+            elif self.state is not None:
+                out[cfg.name] = self.state.copy_path(cfg.name)
+        return out
+
+    def lists_status(self) -> list[dict[str, Any]]:
+        counts = self.policy.matcher.entry_counts() if self.policy is not None else {}
+        refreshed = {s.name: s for s in self.refresher.status()} if self.refresher is not None else {}
+        out: list[dict[str, Any]] = []
+        for cfg in self.config.lists:
+            row: dict[str, Any] = {
+                "name": cfg.name,
+                "source": cfg.url or (f"builtin:{cfg.builtin}" if cfg.builtin else str(cfg.path)),
+                "enabled": cfg.enabled,
+                "entries": counts.get(cfg.name, 0),
+                "last_success": self.lists_loaded if cfg.enabled and not cfg.url else None,
+                "last_error": None,
+                "next_refresh": None,
+            }
+            if cfg.name in refreshed:
+                status = refreshed[cfg.name]
+                row |= {
+                    "entries": status.entries,
+                    "last_success": status.last_success,
+                    "last_error": status.last_error,
+                    "next_refresh": status.next_refresh,
+                }
+            out.append(row)
+        local = self.local_lists
+        out.append(
+            {
+                "name": LOCAL_LIST,
+                "source": str(local.path) if local.path else "(no state_dir)",
+                "enabled": True,
+                "entries": len(local.blocked),
+                "allowed": len(local.allowed),
+                "blocked_names": sorted(local.blocked),
+                "allowed_names": sorted(local.allowed),
+                "last_success": None,
+                "last_error": None,
+                "next_refresh": None,
+            }
+        )
+        return out
+
+    async def update_lists(self, names: list[str], force: bool) -> list[dict[str, Any]]:
+        known = {cfg.name: cfg for cfg in self.config.lists if cfg.enabled}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise AdminRequestError(404, f"no enabled list named {', '.join(unknown)} (lists: {', '.join(known)})")
+        wanted = names or list(known)
+        files = [n for n in wanted if not known[n].url]
+        urls = [n for n in wanted if known[n].url]
+        results: list[dict[str, Any]] = []
+        if files:
+            outcome = await self.reload()  # a file list is refreshed by reading it again: that is a reload
+            for name in files:
+                ok = bool(outcome.get("ok"))
+                entries = outcome.get("lists", {}).get(name, 0) if ok else None
+                message = f"read again: {entries} names" if ok else "; ".join(outcome.get("errors", []))
+                results.append(
+                    {"list": name, "result": "updated" if ok else "failed", "message": message, "entries": entries}
+                )
+        if urls and self.refresher is not None:
+            for result in await self.refresher.update(urls, force=force):
+                results.append(asdict(result) | {"result": str(result.result)})
+        return results
+
+    def check(self, name: str) -> dict[str, Any]:
+        assert self.policy is not None and self.local_stage is not None
+        try:
+            resolver = self.resolver
+            return explain(
+                name,
+                policy=self.policy,
+                local=self.local_stage,
+                upstreams_for=resolver.upstreams_for if resolver is not None else lambda _: self.upstreams,
+                list_files=self.list_files(),
+            )
+        except FilterdError as exc:
+            raise AdminRequestError(400, str(exc)) from None
+
+    def local_change(self, action: str, name: str) -> dict[str, Any]:
+        if self.state is None:
+            raise AdminRequestError(409, "local entries need a state_dir")
+        local = self.local_lists
+        try:
+            if action == "block":
+                normal, changed = local.block(name), True
+            elif action == "allow":
+                normal, changed = local.allow(name), True
+            else:
+                normal, changed = local.reset(name)
+        except FilterdError as exc:
+            raise AdminRequestError(400, str(exc)) from None
+        if self.policy is not None:
+            self.policy.changed()  # flush the cache
+        log.info("local: %s %s", action, normal)
+        self.metrics.blocklist_entries.labels(list=LOCAL_LIST).set(len(local.blocked))
+        return {
+            "name": normal,
+            "action": action,
+            "changed": changed,
+            "blocked": sorted(local.blocked),
+            "allowed": sorted(local.allowed),
+        }
 
     async def _listen_dns(self, endpoint: Endpoint, handler: QueryHandler) -> None:
         loop = asyncio.get_running_loop()
@@ -250,6 +483,52 @@ class App:
         if self.state is not None:
             self.state.close()
             self.state = None
+
+
+def offline_check(config: Config, name: str) -> dict[str, Any]:
+    """`filterd check --offline`: the same decision from the config and the files, without a server (and
+    without taking the state_dir lock: the stored copies and local entries are only read)."""
+    state = StateDir(config.state_dir)
+    needs_state = any(cfg.url and cfg.enabled for cfg in config.lists)
+    lists = load_lists(config.lists, state if needs_state else None)
+    local = LocalLists.load(state.path / "local.json")
+    policy = PolicyStage(lists.matcher, AllowList(config.allow), BlockedReplies(config.blocking), local)
+    zones = dict(config.dns.forward_zones)
+    local_stage = LocalStage(dict(config.dns.records), forward_zones=zones)
+    files: dict[str, Path] = {}
+    for cfg in config.lists:
+        files[cfg.name] = builtin_path(cfg.builtin) if cfg.builtin else cfg.path or state.copy_path(cfg.name)
+    default = config.dns.upstreams
+    return explain(
+        name,
+        policy=policy,
+        local=local_stage,
+        upstreams_for=lambda qname: upstreams_for(qname, zones, default),
+        list_files=files,
+    )
+
+
+def ensure_token(path: Path) -> str:
+    """The admin token: read, or created at the first start (32 random bytes, mode 0600)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StartupError(f"admin.token_file {path}: cannot read it: {exc.strerror or exc}") from None
+    token = secrets.token_urlsafe(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise StartupError(f"admin.token_file {path}: cannot create it: {exc.strerror or exc}") from None
+    log.info("admin: created the API token in %s (mode 0600)", path)
+    return token
 
 
 def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:

@@ -8,14 +8,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from filterd import __version__, logs
-from filterd.app import App
+from filterd.admin_client import AdminClient
+from filterd.app import App, offline_check
 from filterd.config.load import load_config, load_embedded
 from filterd.config.schema import Config
 from filterd.errors import ConfigError, FilterdError
@@ -31,7 +35,11 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     missing = None if defaults else argparse.SUPPRESS
     parser.add_argument(
-        "-c", "--config", type=Path, default=missing, help="config file (default: the embedded default config)"
+        "-c",
+        "--config",
+        type=Path,
+        default=missing,
+        help=f"config file (default: {DEFAULT_CONFIG} or the embedded one)",
     )
     parser.add_argument(
         "-v",
@@ -39,6 +47,9 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
         action="store_true",
         default=False if defaults else argparse.SUPPRESS,
         help="log debug messages",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=False if defaults else argparse.SUPPRESS, help="print JSON output"
     )
     return parser
 
@@ -49,18 +60,43 @@ def build_parser() -> argparse.ArgumentParser:
         prog="filterd",
         parents=[_global_options(defaults=True)],
         description="A filtering DNS resolver proxy for homes and schools.",
+        epilog=f"Without --config: {DEFAULT_CONFIG} if it exists, else the embedded default config.",
     )
     parser.add_argument("--version", action="version", version=f"filterd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("serve", parents=[common], help="run the DNS server in the foreground")
+    sub.add_parser("serve", parents=[common], help="run the DNS server in the foreground (SIGHUP reloads)")
+
     config = sub.add_parser("config", parents=[common], help="work with config files")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_sub.add_parser("check", parents=[common], help="validate a config file, print every error")
     check.add_argument("path", type=Path, nargs="?", help="the file to check (default: --config)")
+
+    lists = sub.add_parser("lists", parents=[common], help="the blocklists of the running server")
+    lists_sub = lists.add_subparsers(dest="lists_command", required=True, metavar="ACTION")
+    lists_sub.add_parser("show", parents=[common], help="each list: source, entries, last success and error")
+    update = lists_sub.add_parser("update", parents=[common], help="refresh lists now and print each result")
+    update.add_argument("names", nargs="*", metavar="NAME", help="the lists to refresh (default: all)")
+    update.add_argument("--force", action="store_true", help="download in full and accept a shrunk list")
+
+    check_name = sub.add_parser("check", parents=[common], help="what filterd does with a name, and why")
+    check_name.add_argument("name")
+    check_name.add_argument("--offline", action="store_true", help="decide from the config and files, no server")
+
+    for action, text in (
+        ("block", "block a name and everything under it, on this instance (kept across restarts)"),
+        ("allow", "never block a name nor anything under it, on this instance (kept across restarts)"),
+        ("reset", "remove a name from this instance's local block and allow entries"),
+    ):
+        local = sub.add_parser(action, parents=[common], help=text)
+        local.add_argument("name")
+    sub.add_parser("reload", parents=[common], help="re-read the config and the lists (like SIGHUP)")
     return parser
 
 
 def load(path: Path | None) -> Config:
+    """--config, else /etc/filterd/filterd.yaml if it exists, else the embedded default."""
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
     return load_embedded() if path is None else load_config(path)
 
 
@@ -87,6 +123,15 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def reload() -> None:
+        log.info("SIGHUP: reloading the config and the lists")
+        task = loop.create_task(app.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     log.info("filterd %s ready", __version__)
     try:
         await stop.wait()
@@ -119,12 +164,127 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- commands that ask the running server (through the admin API) -------------------------------------
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient.from_config(load(args.config))
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def cmd_lists_show(args: argparse.Namespace) -> int:
+    rows = _client(args).get("/api/lists")
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        state = "" if row.get("enabled", True) else " (disabled)"
+        print(f"{row['name']}{state}")
+        print(f"  source:        {row['source']}")
+        entries = f"{row['entries']} names"
+        if row["name"] == "local":
+            entries = f"{row['entries']} blocked, {row.get('allowed', 0)} allowed"
+        print(f"  entries:       {entries}")
+        if row["name"] == "local":
+            for label, key in (("blocked", "blocked_names"), ("allowed", "allowed_names")):
+                if row.get(key):
+                    print(f"  {label + ':':14} {', '.join(row[key])}")
+            continue
+        print(f"  last success:  {_when(row.get('last_success'))}")
+        print(f"  last error:    {row.get('last_error') or '-'}")
+        print(f"  next refresh:  {_when(row.get('next_refresh'))}")
+    return 0
+
+
+def cmd_lists_update(args: argparse.Namespace) -> int:
+    results = _client(args).post("/api/lists/update", {"names": args.names, "force": args.force})
+    if args.json:
+        _print_json(results)
+    else:
+        for result in results:
+            print(f"{result['list']}: {result['result']}: {result['message']}")
+    return 0 if all(r["result"] in ("updated", "not_modified") for r in results) else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if args.offline:
+        result = offline_check(load(args.config), args.name)
+    else:
+        result = _client(args).get("/api/check", name=args.name)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result['name']}: {result['decision']}: {result['reason']}")
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    result = _client(args).post(f"/api/{args.command}", {"name": args.name})
+    if args.json:
+        _print_json(result)
+    elif args.command == "reset":
+        done = "removed from the local entries" if result["changed"] else "was not in the local entries"
+        print(f"{result['name']}: {done}")
+    else:
+        print(f"{result['name']}: {'blocked' if args.command == 'block' else 'allowed'} (with everything under it)")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        client = _client(args)
+    except ConfigError as exc:  # the server would refuse the same file: say so without asking it
+        result: dict[str, Any] = {"ok": False, "errors": exc.problems}
+    else:
+        result = client.post("/api/reload")
+    if args.json:
+        _print_json(result)
+    elif result.get("ok"):
+        lists = ", ".join(f"{name} {count}" for name, count in result.get("lists", {}).items())
+        print(f"reloaded in {result.get('seconds', 0):.2f}s ({lists})")
+    else:
+        for error in result.get("errors", []):
+            print(error, file=sys.stderr)
+        print("reload refused: the running config stays in use", file=sys.stderr)
+    return 0 if result.get("ok") else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.verbose)
+    commands = {
+        ("serve", None): cmd_serve,
+        ("config", "check"): cmd_config_check,
+        ("lists", "show"): cmd_lists_show,
+        ("lists", "update"): cmd_lists_update,
+        ("check", None): cmd_check,
+        ("block", None): cmd_local,
+        ("allow", None): cmd_local,
+        ("reset", None): cmd_local,
+        ("reload", None): cmd_reload,
+    }
+    action = getattr(args, "config_command", None) or getattr(args, "lists_command", None)
+    command = commands[(args.command, action)]
     with contextlib.suppress(KeyboardInterrupt):
-        if args.command == "serve":
-            return cmd_serve(args)
-        if args.command == "config" and args.config_command == "check":
-            return cmd_config_check(args)
-    return 2
+        try:
+            return command(args)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
+        except FilterdError as exc:
+            print(f"filterd {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:  # `filterd lists show | head`
+            sys.stderr.close()
+            return 0
+    return 130

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from filterd.blocklists.parse import ParsedList
 
-__all__ = ["ListSource", "Match", "Matcher"]
+__all__ = ["BlockIndex", "ListSource", "Match", "Matcher"]
 
 # Packed record layout (low bits first): kind (2 bits) | list index (16) | category index (16) | line (rest).
 _SUBTREE = 1
@@ -45,6 +46,14 @@ class Match:
     line: int  # line number of that entry in its list
     category: str  # entry.category or the list's fallback category
     subtree: bool
+
+
+class BlockIndex(Protocol):
+    """What the policy needs of the lists: `Matcher` (in memory) or `CompiledMatcher` (a mapped snapshot)."""
+
+    def match(self, qname: str) -> Match | None: ...
+
+    def entry_counts(self) -> dict[str, int]: ...
 
 
 class Matcher:

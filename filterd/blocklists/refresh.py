@@ -228,8 +228,9 @@ async def off_loop(func: Callable[..., T], *args: object) -> T:
 
 
 def open_state(config: Config) -> StateDir | None:
-    """The locked state_dir when any enabled list has a url; None otherwise (nothing to store)."""
-    if not any(cfg.url and cfg.enabled for cfg in config.lists):
+    """The locked state_dir when any enabled list has a url or the admin API is on (its token and the local
+    entries live there); None otherwise (nothing to store)."""
+    if config.admin is None and not any(cfg.url and cfg.enabled for cfg in config.lists):
         return None
     state = StateDir(config.state_dir)
     state.open()
@@ -309,13 +310,13 @@ class ListRefresher:
         await self.fetcher.close()
 
     async def update(self, names: Sequence[str] | None = None, force: bool = False) -> list[RefreshResult]:
-        """Refresh the named url lists now (all of them when None), one after another, in config order.
+        """Refresh the named url lists now (all of them when None or empty), one after another.
 
         `force`: download unconditionally (no If-None-Match) and accept a copy that shrank below
         shrink_guard; every other check still applies, so force never installs an empty or broken list.
         Raises UnknownList for a name that is not an enabled url list.
         """
-        wanted = list(self.urls) if names is None else list(dict.fromkeys(names))
+        wanted = list(dict.fromkeys(names)) if names else list(self.urls)
         unknown = [name for name in wanted if name not in self.urls]
         if unknown:
             known = ", ".join(self.urls) or "none"
@@ -436,7 +437,7 @@ class ListRefresher:
 
     def _install(self, matcher: Matcher) -> None:
         """Swap the new matcher in (on the loop thread: one reference assignment) and export its counts."""
-        self.policy.matcher = matcher
+        self.policy.replace_matcher(matcher)
         self.entries = matcher.entry_counts()
         for list_name, count in self.entries.items():
             self.metrics.blocklist_entries.labels(list=list_name).set(count)

@@ -24,6 +24,7 @@ from filterd.config.schema import (
     DEFAULT_ALLOW_CLIENTS,
     DEFAULT_LISTS,
     DEFAULT_STATE_DIR,
+    AdminConfig,
     BlockingConfig,
     BlockingMode,
     BlockpageConfig,
@@ -688,7 +689,35 @@ def _categories(node: _Node, key: str, p: _Problems) -> tuple[tuple[str, str], .
     return tuple(merged.items())
 
 
-_TOP_KEYS = {"dns", "blocking", "cache", "lists", "allow", "metrics", "blockpage", "state_dir"}
+def _admin(node: _Node, p: _Problems, base_dir: Path, state_dir: Path | None) -> AdminConfig | None:
+    keys = _mapping(node, "admin", {"listen", "token_file", "allow_remote"}, p)
+    if keys is None:
+        return None
+    if "listen" not in keys:
+        p.add(node.line, "admin.listen", "is required when the admin section is present (e.g. 127.0.0.1:8053)")
+        return None
+    listen = _endpoint(keys["listen"], "admin.listen", p, 8053)
+    allow_remote = _boolean(keys["allow_remote"], "admin.allow_remote", p) if "allow_remote" in keys else False
+    token_file: Path | None = None
+    if "token_file" in keys:
+        text = _string(keys["token_file"], "admin.token_file", p)
+        token_file = None if text is None else base_dir / Path(text).expanduser()
+    elif state_dir is not None:
+        token_file = state_dir / "admin.token"
+    if listen is None or allow_remote is None or token_file is None:
+        return None
+    if not ipaddress.ip_address(listen.host).is_loopback and not allow_remote:
+        p.add(
+            keys["listen"].line,
+            "admin.listen",
+            f"{listen.host} is not a loopback address: the admin API changes what is blocked, so it listens on "
+            "loopback unless you also set admin.allow_remote: true (and firewall it)",
+        )
+        return None
+    return AdminConfig(listen=listen, token_file=token_file, allow_remote=allow_remote)
+
+
+_TOP_KEYS = {"dns", "blocking", "cache", "lists", "allow", "metrics", "blockpage", "admin", "state_dir"}
 
 
 def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config:
@@ -718,6 +747,9 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     if "blockpage" in keys and keys["blockpage"].value is not None:
         blockpage = _blockpage(keys["blockpage"], p)
     state_dir = _state_dir(keys["state_dir"], p, base) if "state_dir" in keys else DEFAULT_STATE_DIR
+    admin = None
+    if "admin" in keys and keys["admin"].value is not None:
+        admin = _admin(keys["admin"], p, base, state_dir)
     if p.items or dns is None or blocking is None or cache is None or lists is None or allow is None:
         raise ConfigError(p.items)
     assert state_dir is not None  # a bad one is in p.items
@@ -729,6 +761,7 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
         allow=allow,
         metrics=metrics,
         blockpage=blockpage,
+        admin=admin,
         state_dir=state_dir,
         source=source,
     )

@@ -242,6 +242,17 @@ class BlockpageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin API that the CLI talks to; every request needs the token in `token_file`."""
+
+    listen: Endpoint
+    #: Created at the first start (mode 0600) when missing. None: `<state_dir>/admin.token`.
+    token_file: Path
+    #: A non-loopback `listen` must be asked for explicitly.
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     dns: DnsConfig
     blocking: BlockingConfig = field(default_factory=BlockingConfig)
@@ -253,7 +264,10 @@ class Config:
     metrics: MetricsConfig | None = None
     #: None: the block page is off.
     blockpage: BlockpageConfig | None = None
-    #: Downloaded copies of `url` lists and their metadata; used (and locked) only when a url list is enabled.
+    #: None: the admin API is off (and so are the CLI commands that need the running server).
+    admin: AdminConfig | None = None
+    #: Downloaded copies of `url` lists, local block/allow entries, the admin token, the compiled lists;
+    #: used (and locked) when a url list is enabled or the admin API is on.
     state_dir: Path = DEFAULT_STATE_DIR
     #: Where the config came from ("<embedded default>" or a path), for messages.
     source: str = "<embedded default>"

@@ -112,6 +112,21 @@ class LocalStage(PassThrough):
         soa = wire.rr(wire.encode_name(zone), wire.T_SOA, LOCAL_TTL, wire.soa_rdata(_SOA_MNAME, _SOA_RNAME, LOCAL_TTL))
         return Answer(wire.build_reply(q, wire.NXDOMAIN, authority=(soa,)), Decision.LOCAL, f"local zone {zone}")
 
+    def explain(self, name: str) -> str | None:
+        """Why filterd answers an A query for `name` itself, or None when it does not (for `filterd check`)."""
+        if name in self.records:
+            return f"answered by filterd from dns.records: {', '.join(map(str, self.records[name]))}"
+        if name == "localhost" or name.endswith(".localhost"):
+            return "answered by filterd: localhost is 127.0.0.1 / ::1 (RFC 6761)"
+        if not name or self._forwarded(name):
+            return None
+        zone = self._never_leaked(name)
+        if zone is not None:
+            return f"answered by filterd with NXDOMAIN: {zone} is a local zone that must never leak"
+        if "." not in name:
+            return "answered by filterd with NXDOMAIN: a single-label name must never leak"
+        return None
+
     def _records(self, query: Query, name: str) -> Answer:
         q = query.question
         wanted = 4 if q.qtype == wire.T_A else 16 if q.qtype == wire.T_AAAA else 0

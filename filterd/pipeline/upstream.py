@@ -118,6 +118,23 @@ async def exchange_tcp(upstream: Endpoint, packet: bytes, question: bytes, timeo
         raise UpstreamError("network", f"TCP: {exc}") from None
 
 
+def upstreams_for(
+    qname: str, zones: Mapping[str, tuple[Endpoint, ...]], default: tuple[Endpoint, ...]
+) -> tuple[Endpoint, ...]:
+    """The zone's upstreams for a name under a forward zone (the longest zone wins), else the defaults."""
+    if zones:
+        name = qname
+        while True:
+            found = zones.get(name)
+            if found is not None:
+                return found
+            if not name:
+                break
+            dot = name.find(".")
+            name = name[dot + 1 :] if dot >= 0 else ""
+    return default
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     """What one forwarding attempt across the upstreams gave: a response, or the kinds of failure."""
@@ -149,18 +166,7 @@ class UpstreamResolver:
         self._inflight: dict[MergeKey, asyncio.Future[_Outcome]] = {}
 
     def upstreams_for(self, qname: str) -> tuple[Endpoint, ...]:
-        """The zone's upstreams for a name under a forward zone (longest zone wins), else the defaults."""
-        if self.zones:
-            name = qname
-            while True:
-                found = self.zones.get(name)
-                if found is not None:
-                    return found
-                if not name:
-                    break
-                dot = name.find(".")
-                name = name[dot + 1 :] if dot >= 0 else ""
-        return self.upstreams
+        return upstreams_for(qname, self.zones, self.upstreams)
 
     async def resolve(self, query: Query) -> Answer:
         q = query.question

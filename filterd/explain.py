@@ -1,0 +1,98 @@
+"""`filterd check NAME`: what filterd does with a name, and why, in words and as data.
+
+The same lookups the DNS side makes (LocalStage, then PolicyStage.decide's steps one by one), so the answer
+can never differ from what a client gets. The matching line is quoted from the list file itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from filterd.blocklists.local import LOCAL_LIST
+from filterd.blocklists.parse import normalize_name
+from filterd.config.schema import Endpoint
+from filterd.errors import FilterdError
+from filterd.pipeline.local import LocalStage
+from filterd.pipeline.policy import PolicyStage
+
+
+class CheckError(FilterdError):
+    pass
+
+
+def explain(
+    name: str,
+    *,
+    policy: PolicyStage,
+    local: LocalStage,
+    upstreams_for: Callable[[str], Sequence[Endpoint]],
+    list_files: Mapping[str, Path],
+) -> dict[str, Any]:
+    normal = normalize_name(name)
+    if normal is None:
+        raise CheckError(f"{name!r} is not a valid domain name")
+    out: dict[str, Any] = {"name": normal}
+    reason = local.explain(normal)
+    if reason is not None:
+        return out | {"decision": "local", "reason": reason}
+    allowed = policy.allow.covers(normal)
+    if allowed is not None:
+        return out | {
+            "decision": "allowed",
+            "entry": allowed,
+            "reason": f"allowed by the config's allow entry {allowed}",
+        }
+    mine = policy.local.match(normal)
+    if mine is not None and not mine.blocked:
+        return out | {
+            "decision": "allowed",
+            "list": LOCAL_LIST,
+            "entry": mine.entry,
+            "reason": f"allowed by the local entry {mine.entry} (`filterd allow`)",
+        }
+    if mine is not None:
+        return out | {
+            "decision": "blocked",
+            "list": LOCAL_LIST,
+            "entry": mine.entry,
+            "category": LOCAL_LIST,
+            "reason": f"blocked by the local entry {mine.entry} (`filterd block`)",
+        }
+    match = policy.matcher.match(normal)
+    if match is not None:
+        path = list_files.get(match.list)
+        text = quote_line(path, match.line) if path is not None else None
+        where = f"{path}:{match.line}" if path is not None and match.line else match.list
+        quoted = f": {text!r}" if text is not None else ""
+        return out | {
+            "decision": "blocked",
+            "list": match.list,
+            "entry": match.entry,
+            "line": match.line,
+            "text": text,
+            "file": str(path) if path is not None else None,
+            "category": match.category,
+            "reason": f"blocked by list {match.list} ({match.category}), {where}{quoted}",
+        }
+    upstreams = upstreams_for(normal)
+    to = ", ".join(map(str, upstreams)) or "the upstreams"
+    return out | {
+        "decision": "forwarded",
+        "upstreams": [str(u) for u in upstreams],
+        "reason": f"not blocked: forwarded to {to}",
+    }
+
+
+def quote_line(path: Path, line: int) -> str | None:
+    """Line `line` (1-based) of a list file, as it is on disk now; None when it cannot be read."""
+    if line <= 0:
+        return None
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            found = next(itertools.islice(handle, line - 1, line), None)
+    except OSError:
+        return None
+    return None if found is None else found.rstrip("\r\n")

@@ -1,0 +1,113 @@
+"""The admin API: JSON over HTTP on `admin.listen` (loopback by default), every request with the token.
+
+The CLI (`filterd lists show`, `check`, `block`, `reload`, ...) is a thin client of this API. Without the
+token (`Authorization: Bearer ...`) a request gets 401 and nothing changes. The running server implements
+`AdminBackend`; this module only speaks HTTP.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminBackend(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+    def lists_status(self) -> list[dict[str, Any]]: ...
+
+    async def update_lists(self, names: list[str], force: bool) -> list[dict[str, Any]]: ...
+
+    def check(self, name: str) -> dict[str, Any]: ...
+
+    def local_change(self, action: str, name: str) -> dict[str, Any]: ...
+
+    async def reload(self) -> dict[str, Any]: ...
+
+
+class AdminRequestError(Exception):
+    """A request the API refuses, with the HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=2) + "\n", status=status, content_type="application/json")
+
+
+def admin_app(backend: AdminBackend, token: str) -> web.Application:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return _json({"error": "missing or wrong admin token"}, 401)
+        try:
+            return await handler(request)
+        except AdminRequestError as exc:
+            return _json({"error": str(exc)}, exc.status)
+
+    async def body(request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            data = await request.json()
+        except ValueError:
+            raise AdminRequestError(400, "the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise AdminRequestError(400, "the request body must be a JSON object")
+        return data
+
+    def name_of(data: dict[str, Any]) -> str:
+        name = data.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise AdminRequestError(400, 'give a domain name: {"name": "example.com"}')
+        return name.strip()
+
+    async def status(request: web.Request) -> web.Response:
+        return _json(backend.status())
+
+    async def lists(request: web.Request) -> web.Response:
+        return _json(backend.lists_status())
+
+    async def update(request: web.Request) -> web.Response:
+        data = await body(request)
+        names = data.get("names") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise AdminRequestError(400, "names must be a list of list names")
+        return _json(await backend.update_lists(names, bool(data.get("force", False))))
+
+    async def check(request: web.Request) -> web.Response:
+        return _json(backend.check(name_of(dict(request.query))))
+
+    def local(action: str) -> Handler:
+        async def change(request: web.Request) -> web.Response:
+            return _json(backend.local_change(action, name_of(await body(request))))
+
+        return change
+
+    async def reload(request: web.Request) -> web.Response:
+        result = await backend.reload()
+        return _json(result, 200 if result.get("ok") else 400)
+
+    app = web.Application(middlewares=[authorize], client_max_size=64 * 1024)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/lists", lists)
+    app.router.add_post("/api/lists/update", update)
+    app.router.add_get("/api/check", check)
+    for action in ("block", "allow", "reset"):
+        app.router.add_post(f"/api/{action}", local(action))
+    app.router.add_post("/api/reload", reload)
+    return app
