@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import secrets
 import socket
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from filterd import __version__
-from filterd.blocklists.builtin import builtin_path
-from filterd.blocklists.load import LoadedLists, load_lists
+from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, list_path, load_lists
 from filterd.blocklists.local import LOCAL_LIST, LocalLists
 from filterd.blocklists.matcher import Match
 from filterd.blocklists.refresh import ListRefresher, open_state
@@ -36,6 +39,8 @@ from filterd.pipeline.cname import CnameStage
 from filterd.pipeline.local import LocalStage
 from filterd.pipeline.policy import AllowList, PolicyStage
 from filterd.pipeline.upstream import UpstreamResolver, upstreams_for
+from filterd.portholder import describe as describe_holders
+from filterd.portholder import find_holders
 from filterd.sinkhole import BlockedReplies
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
@@ -47,6 +52,14 @@ from filterd.web.metrics import metrics_app
 log = logging.getLogger(__name__)
 
 RESOLV_CONF = Path("/etc/resolv.conf")
+
+#: Linux's IP_FREEBIND (15) and IPV6_FREEBIND (78), which Python's socket module does not name: bind an address
+#: this machine does not have yet. Empty elsewhere.
+_FREEBIND: dict[int, tuple[int, int]] = (
+    {socket.AF_INET: (socket.IPPROTO_IP, 15), socket.AF_INET6: (socket.IPPROTO_IPV6, 78)}
+    if sys.platform == "linux"
+    else {}
+)
 
 
 class StartupError(FilterdError):
@@ -110,6 +123,7 @@ class App:
         self.started = time.time()
         self.lists_loaded = time.time()
         self._reload_lock = asyncio.Lock()
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def build_pipeline(self, lists: LoadedLists, upstreams: tuple[Endpoint, ...]) -> Pipeline:
         cfg = self.config
@@ -143,7 +157,8 @@ class App:
         try:
             if self.state is not None:
                 self.local_lists = LocalLists.load(self.state.path / "local.json")
-            self.lists = load_lists(self.config.lists, self.state)  # url lists from their stored copies
+            # url lists from their stored copies; an unchanged snapshot from the last run is mapped at once
+            self.lists = load_lists(self.config.lists, self.state, self._snapshot_path())
         except BaseException:
             await self.stop()
             raise
@@ -203,7 +218,7 @@ class App:
             try:
                 config = await asyncio.to_thread(self._read_config)
                 upstreams = resolve_upstreams(config)
-                lists = await asyncio.to_thread(load_lists, config.lists, self.state)
+                lists = await asyncio.to_thread(load_lists, config.lists, self.state, self._snapshot_path())
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("reload: %s", problem)
@@ -241,6 +256,14 @@ class App:
             log.info("reload: done in %.2fs; pipeline: %s", seconds, pipeline.describe())
             return {"ok": True, "seconds": round(seconds, 3), "lists": lists.entries}
 
+    def _snapshot_path(self) -> Path:
+        """The compiled lists: in state_dir (kept for a fast restart), else in a private temporary folder."""
+        if self.state is not None:
+            return self.state.path / SNAPSHOT_NAME
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="filterd-")
+        return Path(self._scratch.name) / SNAPSHOT_NAME
+
     def _needs_restart(self, new: Config) -> list[str]:
         old = self.config
         changed = [
@@ -261,7 +284,7 @@ class App:
         if has_urls and self.state is not None and self.policy is not None and self.lists is not None:
             # Downloads in the background: start serves the stored copies at once and never waits for them.
             self.refresher = ListRefresher.create(
-                self.config, self.state, self.lists, self.policy, self.metrics, self.upstreams
+                self.config, self.state, self.lists, self.policy, self.metrics, self.upstreams, self._snapshot_path()
             )
             self.refresher.start()
 
@@ -284,15 +307,7 @@ class App:
 
     def list_files(self) -> dict[str, Path]:
         """Where each list's text is on disk (for quoting the line that matched)."""
-        out: dict[str, Path] = {}
-        for cfg in self.config.lists:
-            if cfg.builtin:
-                out[cfg.name] = builtin_path(cfg.builtin)
-            elif cfg.path is not None:
-                out[cfg.name] = cfg.path
-            elif self.state is not None:
-                out[cfg.name] = self.state.copy_path(cfg.name)
-        return out
+        return {cfg.name: path for cfg in self.config.lists if (path := list_path(cfg, self.state)) is not None}
 
     def lists_status(self) -> list[dict[str, Any]]:
         counts = self.policy.matcher.entry_counts() if self.policy is not None else {}
@@ -422,6 +437,7 @@ class App:
             bound = Endpoint(endpoint.host, port)
             self.listening.dns.append(bound)
             log.info("dns: listening on %s (udp, tcp)", bound)
+            _warn_if_not_local("dns", endpoint.host)
             return
 
     def decide(self, name: str) -> Match | None:
@@ -432,14 +448,14 @@ class App:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
-        try:
-            await site.start()
+        try:  # our own socket, not TCPSite's: bind_socket sets IP_FREEBIND, so port 80 opens before the LAN is up
+            sock = bind_socket(endpoint.host, endpoint.port, socket.SOCK_STREAM)
         except OSError as exc:
             raise StartupError(_bind_error(what, endpoint, exc)) from None
-        port = runner.addresses[-1][1]
-        bound = Endpoint(endpoint.host, port)
+        await web.SockSite(runner, sock).start()
+        bound = Endpoint(endpoint.host, sock.getsockname()[1])
         log.info("%s: listening on http://%s/", what, bound)
+        _warn_if_not_local(what, endpoint.host)
         return bound
 
     def _warn_about_sinkhole(self) -> None:
@@ -483,6 +499,9 @@ class App:
         if self.state is not None:
             self.state.close()
             self.state = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
 
 def offline_check(config: Config, name: str) -> dict[str, Any]:
@@ -490,14 +509,13 @@ def offline_check(config: Config, name: str) -> dict[str, Any]:
     without taking the state_dir lock: the stored copies and local entries are only read)."""
     state = StateDir(config.state_dir)
     needs_state = any(cfg.url and cfg.enabled for cfg in config.lists)
-    lists = load_lists(config.lists, state if needs_state else None)
+    with tempfile.TemporaryDirectory(prefix="filterd-check-") as scratch:  # never touches the server's snapshot
+        lists = load_lists(config.lists, state if needs_state else None, Path(scratch) / SNAPSHOT_NAME)
     local = LocalLists.load(state.path / "local.json")
     policy = PolicyStage(lists.matcher, AllowList(config.allow), BlockedReplies(config.blocking), local)
     zones = dict(config.dns.forward_zones)
     local_stage = LocalStage(dict(config.dns.records), forward_zones=zones)
-    files: dict[str, Path] = {}
-    for cfg in config.lists:
-        files[cfg.name] = builtin_path(cfg.builtin) if cfg.builtin else cfg.path or state.copy_path(cfg.name)
+    files = {cfg.name: path for cfg in config.lists if (path := list_path(cfg, state)) is not None}
     default = config.dns.upstreams
     return explain(
         name,
@@ -540,6 +558,11 @@ def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if _FREEBIND and not ipaddress.ip_address(host).is_loopback:
+            # Bind even before the LAN address exists: at boot filterd may start before DHCP or the interface
+            # is up. Loopback is always there, and there a missing address should fail (IPv6 off is skipped).
+            with contextlib.suppress(OSError):  # kernels before 4.15 have no IPV6_FREEBIND
+                sock.setsockopt(*_FREEBIND[family], 1)
         sock.bind((host, port))
         if kind == socket.SOCK_STREAM:
             sock.listen(128)
@@ -551,9 +574,26 @@ def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
 
 
 def _is_loopback(host: str) -> bool:
-    import ipaddress
-
     return ipaddress.ip_address(host).is_loopback
+
+
+def _warn_if_not_local(what: str, host: str) -> None:
+    """Say so when a listener was bound (with IP_FREEBIND) to an address this machine does not have now:
+    normal for a few seconds at boot, a typo in the config if it lasts."""
+    if not _FREEBIND or _is_loopback(host):
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                log.warning(
+                    "%s: %s is not an address of this machine (yet): listening anyway, it answers once the "
+                    "address is up; if it is not this machine's address, correct the config",
+                    what,
+                    host,
+                )
 
 
 def _bind_error(what: str, endpoint: Endpoint, exc: OSError) -> str:
@@ -561,7 +601,8 @@ def _bind_error(what: str, endpoint: Endpoint, exc: OSError) -> str:
     if exc.errno == errno.EACCES and endpoint.port < 1024:
         message += " (ports below 1024 need root or CAP_NET_BIND_SERVICE; the systemd unit grants it)"
     elif exc.errno == errno.EADDRINUSE:
-        message += f" (another program holds this port; `ss -lupnt 'sport = :{endpoint.port}'` shows which)"
+        protocol: Literal["udp", "tcp"] = "udp" if "udp" in what else "tcp"
+        message += ": " + describe_holders(find_holders(endpoint.host, endpoint.port, protocol), endpoint.port)
     elif exc.errno == errno.EADDRNOTAVAIL:
         message += " (this machine has no such address; list one of its own addresses)"
     return message

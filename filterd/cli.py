@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from filterd import __version__, logs
+from filterd import __version__, logs, systemd
 from filterd.admin_client import AdminClient
 from filterd.app import App, offline_check
 from filterd.config.load import load_config, load_embedded
@@ -118,24 +118,36 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT; a clean stop closes every listener."""
     app = App(config)
-    await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[object]] = set()
+    ready = False
 
     def reload() -> None:
+        if not ready:
+            log.warning("SIGHUP: still starting; the config and lists being loaded are the current ones")
+            return
         log.info("SIGHUP: reloading the config and the lists")
         task = loop.create_task(app.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    # Before start: a signal during a long list load must neither kill filterd (SIGHUP's default) nor be lost.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    await app.start()
+    ready = True
+    if stop.is_set():
+        await app.stop()
+        return
     log.info("filterd %s ready", __version__)
+    # DNS answers now, and every signal handler is in place: systemd (Type=notify) starts dependents.
+    systemd.ready(f"answering DNS on {', '.join(map(str, app.listening.dns))}")
     try:
         await stop.wait()
     finally:
+        systemd.stopping()
         log.info("stopping")
         await app.stop()
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import mmap
 import os
+import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,6 +76,14 @@ class CompileError(Exception):
 
 def compile_lists(lists: Sequence[ListFile], out: Path, *, fingerprint: str = "") -> CompileReport:
     """Parse every list (streaming: no per-entry objects) into a new snapshot at `out`, written atomically."""
+    return compile_and_open(lists, out, fingerprint=fingerprint)[0]
+
+
+def compile_and_open(
+    lists: Sequence[ListFile], out: Path, *, fingerprint: str = ""
+) -> tuple[CompileReport, CompiledMatcher]:
+    """compile_lists(), and the new snapshot already mapped: mapped before it is renamed into place, so two
+    compiles racing for `out` each get their own (the mapping outlives the rename)."""
     if len(lists) > MAX_LISTS:
         raise CompileError(f"too many lists ({len(lists)}); at most {MAX_LISTS}")
     estimate = sum(_count_lines(item.path) for item in lists)
@@ -98,12 +107,15 @@ def _count_lines(path: Path) -> int:
     return count + 1
 
 
-def _compile(lists: Sequence[ListFile], out: Path, slots: int, fingerprint: str) -> CompileReport:
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+def _compile(
+    lists: Sequence[ListFile], out: Path, slots: int, fingerprint: str
+) -> tuple[CompileReport, CompiledMatcher]:
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     table_bytes = slots * 12
     limit = int(slots * 0.95)
     try:
         with tmp.open("w+b") as handle:
+            os.fchmod(handle.fileno(), 0o640)
             handle.truncate(_HEADER.size + table_bytes)
             with mmap.mmap(handle.fileno(), _HEADER.size + table_bytes) as mm:
                 hashes = memoryview(mm)[_HEADER.size : _HEADER.size + slots * 8].cast("Q")
@@ -122,15 +134,18 @@ def _compile(lists: Sequence[ListFile], out: Path, slots: int, fingerprint: str)
             handle.write(_HEADER.pack(MAGIC, slots, len(blob)))
             handle.flush()
             os.fsync(handle.fileno())
+        matcher = CompiledMatcher(tmp)
         os.replace(tmp, out)
+        matcher.path = out
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return CompileReport(
+    report = CompileReport(
         entries=dict(zip(meta["lists"], meta["counts"], strict=True)),
         skipped={name: Skipped(*s) for name, s in zip(meta["lists"], meta["skipped"], strict=True)},
         formats=dict(zip(meta["lists"], meta["formats"], strict=True)),
     )
+    return report, matcher
 
 
 class _Table:

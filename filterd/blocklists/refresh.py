@@ -20,10 +20,11 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TypeVar
 
-from filterd.blocklists.load import LoadedLists, compile_lists
-from filterd.blocklists.matcher import Matcher
+from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, load_lists
+from filterd.blocklists.matcher import BlockIndex
 from filterd.blocklists.parse import ParsedList, parse_list
 from filterd.blocklists.sources import FetchError, ListFetcher, RetryPolicy, UpstreamDnsResolver
 from filterd.blocklists.state import ListMeta, StateDir
@@ -252,13 +253,15 @@ class ListRefresher:
         metrics: Metrics,
         fetcher: ListFetcher,
         *,
+        snapshot: Path | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.configs = tuple(config.lists)
         self.urls = {cfg.name: cfg for cfg in self.configs if cfg.url and cfg.enabled}
         self.state = state
-        self.static = lists.static
+        #: Where the lists are compiled after a download (the same snapshot the server maps).
+        self.snapshot = snapshot if snapshot is not None else state.path / SNAPSHOT_NAME
         self.policy = policy
         self.metrics = metrics
         self.fetcher = fetcher
@@ -285,10 +288,11 @@ class ListRefresher:
         policy: PolicyStage,
         metrics: Metrics,
         upstreams: Sequence[Endpoint],
+        snapshot: Path | None = None,
     ) -> ListRefresher:
         """The refresher as filterd runs it: list hosts resolved by asking `upstreams` directly."""
         resolver = UpstreamDnsResolver(upstreams, timeout=max(config.dns.timeout, 2.0))
-        return cls(config, state, lists, policy, metrics, ListFetcher(resolver))
+        return cls(config, state, lists, policy, metrics, ListFetcher(resolver), snapshot=snapshot)
 
     def start(self) -> None:
         """One task per url list; the first refresh runs at once for a list with no copy (or an old one)."""
@@ -395,8 +399,8 @@ class ListRefresher:
         try:
             async with self._build_lock:
                 await off_loop(self.state.write_copy, name, body)
-                matcher = await off_loop(compile_lists, self.configs, self.static, self.state, {name: parsed})
-                self._install(matcher)
+                rebuilt = await off_loop(load_lists, self.configs, self.state, self.snapshot)
+                self._install(rebuilt.matcher)
         except (OSError, ValueError) as exc:
             return await self._not_used(cfg, meta, Result.FAILED, Problem(f"cannot install the download: {exc}"), now)
         meta = ListMeta(
@@ -435,7 +439,7 @@ class ListRefresher:
         log.info("list %s: not modified since the last download (%d names)", name, entries)
         return RefreshResult(name, Result.NOT_MODIFIED, f"not modified ({entries} names)", entries)
 
-    def _install(self, matcher: Matcher) -> None:
+    def _install(self, matcher: BlockIndex) -> None:
         """Swap the new matcher in (on the loop thread: one reference assignment) and export its counts."""
         self.policy.replace_matcher(matcher)
         self.entries = matcher.entry_counts()

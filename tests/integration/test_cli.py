@@ -90,7 +90,9 @@ def test_serve_says_why_when_the_port_is_taken(tmp_path: Path, dnsmasq: Dnsmasq)
     config.write_text(f"dns:\n  listen: ['{dnsmasq.address}']\n  upstreams: ['127.0.0.1:9']\n")
     result = subprocess.run([*FILTERD, "serve", "-c", str(config)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
-    assert f"cannot listen on {dnsmasq.address}" in result.stderr and "another program holds" in result.stderr
+    assert f"cannot listen on {dnsmasq.address}" in result.stderr
+    assert dnsmasq.proc is not None
+    assert f"is held by dnsmasq (pid {dnsmasq.proc.pid}): stop it" in result.stderr  # names it, says what to do
 
 
 def test_config_check(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from filterd.blocklists.builtin import builtin_names
 from filterd.blocklists.load import load_lists
 from filterd.config.schema import ListConfig
@@ -12,8 +14,8 @@ def test_every_shipped_list_is_a_builtin_list_but_never_block() -> None:
     assert "never-block" not in builtin_names()
 
 
-def test_doh_bypass_blocks_resolvers_with_their_subdomains() -> None:
-    lists = load_lists([ListConfig(name="doh-bypass", builtin="doh-bypass", subdomains=True)])
+def test_doh_bypass_blocks_resolvers_with_their_subdomains(tmp_path: Path) -> None:
+    lists = load_lists([ListConfig(name="doh-bypass", builtin="doh-bypass", subdomains=True)], None, tmp_path / "s")
     matcher = lists.matcher
     assert lists.entries["doh-bypass"] > 1000
     hit = matcher.match("dns.google")

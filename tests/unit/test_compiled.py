@@ -122,3 +122,21 @@ def test_real_lists_agree(tmp_path: Path) -> None:
     names = [line.split()[-1] for line in (SAMPLES / files[0]).read_text().splitlines()[:3000] if line[:1].isdigit()]
     for name in [*names, *(f"sub.{n}" for n in names[:500]), "example.org"]:
         assert compiled.match(name) == matcher.match(name), name
+
+
+def test_load_lists_reuses_an_unchanged_snapshot(tmp_path: Path) -> None:
+    from filterd.blocklists.load import load_lists
+    from filterd.config.schema import ListConfig
+
+    (tmp_path / "a.txt").write_text("a.example\n")
+    configs = [ListConfig(name="a", path=tmp_path / "a.txt")]
+    snapshot = tmp_path / "lists.snapshot"
+    first = load_lists(configs, None, snapshot)
+    built = snapshot.stat().st_mtime_ns
+    again = load_lists(configs, None, snapshot)
+    assert snapshot.stat().st_mtime_ns == built  # mapped, not compiled again
+    assert again.matcher.match("x.a.example") == first.matcher.match("x.a.example") is not None
+    (tmp_path / "a.txt").write_text("b.example\n")
+    changed = load_lists(configs, None, snapshot)
+    assert changed.matcher.match("a.example") is None and changed.matcher.match("b.example") is not None
+    assert first.matcher.match("a.example") is not None  # the old mapping still answers until dropped
