@@ -65,7 +65,10 @@ class ListFile:
 
 @dataclass(frozen=True, slots=True)
 class CompileReport:
+    #: distinct block entries per list (exceptions and repeats not counted), as entry_counts() says
     entries: dict[str, int]
+    #: every rule read per list (repeats and exceptions included), to weigh against `skipped`
+    read: dict[str, int]
     skipped: dict[str, Skipped]
     formats: dict[str, str]
 
@@ -142,6 +145,7 @@ def _compile(
             tmp.unlink()
     report = CompileReport(
         entries=dict(zip(meta["lists"], meta["counts"], strict=True)),
+        read=dict(zip(meta["lists"], meta["read"], strict=True)),
         skipped={name: Skipped(*s) for name, s in zip(meta["lists"], meta["skipped"], strict=True)},
         formats=dict(zip(meta["lists"], meta["formats"], strict=True)),
     )
@@ -165,6 +169,7 @@ class _Table:
         self.base = list_index << _KIND_BITS
         self.fallback = fallback
         self.count = 0
+        self.read = 0
         self.sections: list[tuple[int, int]] = []  # (first line, category index), in line order
         self.current: str | None = None
         self.started = False
@@ -176,6 +181,7 @@ class _Table:
         return self.category_index[label]
 
     def add(self, name: str, subtree: bool, exception: bool, category: str | None, line: int) -> None:
+        self.read += 1
         if category != self.current or not self.started:
             self.current, self.started = category, True
             self.sections.append((line, self.category_id(category or self.fallback)))
@@ -205,6 +211,7 @@ class _Table:
 def _fill(lists: Sequence[ListFile], hashes: Any, values: Any, slots: int, limit: int) -> dict[str, Any]:
     table = _Table(hashes, values, slots, limit)
     counts: list[int] = []
+    read: list[int] = []
     sections: list[list[tuple[int, int]]] = []
     skipped: list[tuple[int, int | None, str | None]] = []
     formats: list[str] = []
@@ -220,6 +227,7 @@ def _fill(lists: Sequence[ListFile], hashes: Any, values: Any, slots: int, limit
         if not list_sections or list_sections[0][0] > 1:
             list_sections.insert(0, (0, table.category_id(item.category)))
         counts.append(table.count)
+        read.append(table.read)
         sections.append(list_sections)
         skipped.append((skip.count, skip.sample_line, skip.sample_reason))
         formats.append(fmt)
@@ -227,6 +235,7 @@ def _fill(lists: Sequence[ListFile], hashes: Any, values: Any, slots: int, limit
         "lists": [item.name for item in lists],
         "paths": [str(item.path) for item in lists],
         "counts": counts,
+        "read": read,
         "categories": table.categories,
         "sections": sections,
         "skipped": skipped,

@@ -17,6 +17,7 @@ import contextlib
 import enum
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +26,8 @@ from typing import TypeVar
 
 from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, load_lists
 from filterd.blocklists.matcher import BlockIndex
-from filterd.blocklists.parse import ParsedList, parse_list
+from filterd.blocklists.compiled import ListFile, compile_lists
+from filterd.blocklists.parse import Skipped
 from filterd.blocklists.sources import FetchError, ListFetcher, RetryPolicy, UpstreamDnsResolver
 from filterd.blocklists.state import ListMeta, StateDir
 from filterd.config.schema import Config, Endpoint, ListConfig
@@ -43,7 +45,7 @@ __all__ = [
     "RefreshResult",
     "Result",
     "UnknownList",
-    "count_names",
+    "ListSummary",
     "examine",
     "first_delay",
     "next_delay",
@@ -119,7 +121,7 @@ class ListStatus:
 # --- pure: checking a download ---------------------------------------------------------------------------
 
 
-def examine(data: bytes, cfg: ListConfig) -> tuple[ParsedList | None, Problem | None]:
+def examine(data: bytes, cfg: ListConfig) -> tuple[ListSummary | None, Problem | None]:
     """Parse a download, or say why it is not a list. The rules, in order:
 
     * over `max_bytes` (also enforced while downloading);
@@ -147,26 +149,46 @@ def examine(data: bytes, cfg: ListConfig) -> tuple[ParsedList | None, Problem | 
     head = text.lstrip("\ufeff \t\r\n")[:64].lower()
     if head.startswith(_HTML_STARTS):
         return None, Problem("an HTML page, not a list (a login, portal or error page?)", _first_line(text))
-    parsed = parse_list(text, fmt=cfg.format.value, subdomains=cfg.subdomains)
-    skipped = parsed.skipped
-    if not parsed.entries:
+    del text  # the checks above need the text once; the count below streams from a file instead
+    summary = summarize(data, cfg)
+    skipped = summary.skipped
+    if not summary.read:
         if skipped.count:
             return None, Problem(
                 f"no entries: all {skipped.count} rules skipped, e.g. {skipped.sample_reason}", skipped.sample_line
             )
         return None, Problem("no entries (only comments and blank lines)")
-    if skipped.count > len(parsed.entries):
+    if skipped.count > summary.read:
         return None, Problem(
-            f"mostly invalid: {skipped.count} rules skipped and only {len(parsed.entries)} read, "
-            f"e.g. {skipped.sample_reason}",
+            f"mostly invalid: {skipped.count} rules skipped and only {summary.read} read, e.g. {skipped.sample_reason}",
             skipped.sample_line,
         )
-    return parsed, None
+    return summary, None
 
 
-def count_names(parsed: ParsedList) -> int:
-    """Distinct block entries, counted as Matcher.entry_counts() counts them (the unit of shrink_guard)."""
-    return len({(e.name, e.subtree) for e in parsed.entries if not e.exception})
+@dataclass(frozen=True, slots=True)
+class ListSummary:
+    """What a download holds, counted the way the compiled lists count it, without keeping the entries."""
+
+    #: distinct block entries (the unit of shrink_guard and of filterd_blocklist_entries)
+    entries: int
+    #: rules read, repeats and exceptions included
+    read: int
+    skipped: Skipped
+    format: str
+
+
+def summarize(data: bytes, cfg: ListConfig) -> ListSummary:
+    """Count a download by compiling it alone into a scratch snapshot: memory stays at the table's size
+    (12 bytes a slot, in a file) instead of an object per entry, whatever the list's size."""
+    with tempfile.TemporaryDirectory(prefix="filterd-check-") as scratch:
+        path = Path(scratch) / "download.txt"
+        path.write_bytes(data)
+        item = ListFile(cfg.name, cfg.category, path, cfg.format.value, cfg.subdomains)
+        report = compile_lists([item], Path(scratch) / "check.snapshot")
+    return ListSummary(
+        report.entries[cfg.name], report.read[cfg.name], report.skipped[cfg.name], report.formats[cfg.name]
+    )
 
 
 def shrink_problem(entries: int, last_good: int, guard: float, *, force: bool, name: str) -> Problem | None:
@@ -390,11 +412,11 @@ class ListRefresher:
             # A server without ETag / Last-Modified support sent the same file again: nothing to rebuild.
             meta = replace(meta, etag=download.etag, last_modified=download.last_modified)
             return await self._unchanged(name, meta, now)
-        parsed, problem, entries = await off_loop(_check, body, cfg)
+        summary, problem, entries = await off_loop(_check, body, cfg)
         last_good = self.entries.get(name, 0) if same else 0
-        if parsed is not None and problem is None:
+        if summary is not None and problem is None:
             problem = shrink_problem(entries, last_good, cfg.shrink_guard, force=force, name=name)
-        if problem is not None or parsed is None:
+        if problem is not None or summary is None:
             return await self._not_used(cfg, meta, Result.REJECTED, problem or Problem("unusable"), now)
         try:
             async with self._build_lock:
@@ -420,7 +442,7 @@ class ListRefresher:
         if force:
             was += ", forced"
         log.info("list %s: updated from %s: %d names (%s), %s", name, url, entries, was, format_size(len(body)))
-        skipped = parsed.skipped
+        skipped = summary.skipped
         if skipped.count:
             log.warning(
                 "%s:%s: %s (%d unsupported or invalid lines skipped in all)",
@@ -479,10 +501,10 @@ def _same_bytes(state: StateDir, name: str, body: bytes) -> bool:
         return False
 
 
-def _check(body: bytes, cfg: ListConfig) -> tuple[ParsedList | None, Problem | None, int]:
-    """examine() and count_names() in one call, for off_loop."""
-    parsed, problem = examine(body, cfg)
-    return parsed, problem, 0 if parsed is None else count_names(parsed)
+def _check(body: bytes, cfg: ListConfig) -> tuple[ListSummary | None, Problem | None, int]:
+    """examine(), with the entry count, in one call for off_loop."""
+    summary, problem = examine(body, cfg)
+    return summary, problem, 0 if summary is None else summary.entries
 
 
 def _when(timestamp: float) -> str:

@@ -11,7 +11,6 @@ from filterd.blocklists.refresh import (
     JITTER,
     Problem,
     Result,
-    count_names,
     examine,
     first_delay,
     next_delay,
@@ -54,11 +53,11 @@ EXAMINE_CASES = [
 
 @pytest.mark.parametrize(("data", "expected"), EXAMINE_CASES)
 def test_examine(data: bytes, expected: tuple[str, int | None] | None) -> None:
-    parsed, problem = examine(data, CFG)
+    summary, problem = examine(data, CFG)
     if expected is None:
-        assert problem is None and parsed is not None and parsed.entries
+        assert problem is None and summary is not None and summary.entries
         return
-    assert parsed is None and problem is not None
+    assert summary is None and problem is not None
     reason, line = expected
     assert reason in problem.reason
     assert problem.line == line
@@ -66,15 +65,18 @@ def test_examine(data: bytes, expected: tuple[str, int | None] | None) -> None:
 
 def test_examine_uses_the_configured_format() -> None:
     hosts = ListConfig(name="h", url="http://x/h", format=ListFormat.HOSTS, subdomains=True)
-    parsed, problem = examine(_lines("0.0.0.0 a.example", "b.example"), hosts)
-    assert problem is None and parsed is not None
-    assert [(e.name, e.subtree) for e in parsed.entries] == [("a.example", True), ("b.example", True)]
+    summary, problem = examine(_lines("0.0.0.0 a.example", "b.example"), hosts)
+    assert problem is None and summary is not None
+    assert (summary.format, summary.entries, summary.read) == ("hosts", 2, 2)
+    domains, _ = examine(_lines("0.0.0.0 a.example", "b.example"), CFG)  # read as domains: the hosts line is junk
+    assert domains is not None and domains.skipped.count == 1
 
 
-def test_count_names_counts_like_the_matcher() -> None:
-    parsed, _ = examine(_lines("||a.example^", "||a.example^", "|a.example^", "@@||b.example^", "c.example"), CFG)
-    assert parsed is not None
-    assert count_names(parsed) == 3  # a (subtree), a (exact), c; the duplicate and the exception are not names
+def test_entries_are_counted_like_the_lists_count_them() -> None:
+    summary, _ = examine(_lines("||a.example^", "||a.example^", "|a.example^", "@@||b.example^", "c.example"), CFG)
+    assert summary is not None
+    assert summary.entries == 3  # a (subtree), a (exact), c; the duplicate and the exception are not names
+    assert summary.read == 5
 
 
 @pytest.mark.parametrize(
