@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from filterd.blocklists.compiled import ListFile, compile_lists
 from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, load_lists
 from filterd.blocklists.matcher import BlockIndex
-from filterd.blocklists.compiled import ListFile, compile_lists
 from filterd.blocklists.parse import Skipped
 from filterd.blocklists.sources import FetchError, ListFetcher, RetryPolicy, UpstreamDnsResolver
 from filterd.blocklists.state import ListMeta, StateDir
@@ -41,11 +41,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ListRefresher",
     "ListStatus",
+    "ListSummary",
     "Problem",
     "RefreshResult",
     "Result",
     "UnknownList",
-    "ListSummary",
     "examine",
     "first_delay",
     "next_delay",
