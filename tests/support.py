@@ -123,6 +123,17 @@ def query(
     return dns.query.udp(q, host, port=port, timeout=timeout)
 
 
+def udp_raw(port: int, packet: bytes, timeout: float = 1.0) -> bytes | None:
+    """Send raw bytes to 127.0.0.1:port over UDP; the reply's bytes, or None when none came in time."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(packet, ("127.0.0.1", port))
+        try:
+            return sock.recv(65535)
+        except TimeoutError:
+            return None
+
+
 def ede(msg: dns.message.Message) -> list[tuple[int, str]]:
     return [(int(o.code), o.text or "") for o in msg.options if o.otype == 15]  # type: ignore[attr-defined]
 

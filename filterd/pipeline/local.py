@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 
 from filterd.dns import wire
+from filterd.dns.names import covering
 from filterd.pipeline.base import Answer, Decision, PassThrough, Query
 
 _HINFO_RFC8482 = b"\x07RFC8482\x00"
@@ -149,19 +150,8 @@ class LocalStage(PassThrough):
         return Answer(wire.build_reply(q, answers=answers), Decision.LOCAL, "localhost")
 
     def _forwarded(self, name: str) -> bool:
-        return bool(self.forward_zones) and _covering(name, self.forward_zones) is not None
+        return bool(self.forward_zones) and covering(name, self.forward_zones) is not None
 
     @staticmethod
     def _never_leaked(name: str) -> str | None:
-        return _covering(name, NEVER_LEAKED)
-
-
-def _covering(name: str, zones: frozenset[str]) -> str | None:
-    """The zone in `zones` that is `name` or one of its parents, most specific first."""
-    while True:
-        if name in zones:
-            return name
-        dot = name.find(".")
-        if dot < 0:
-            return None
-        name = name[dot + 1 :]
+        return covering(name, NEVER_LEAKED)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from filterd.blocklists.local import LOCAL_LIST, LocalLists
 from filterd.blocklists.matcher import BlockIndex, Match
+from filterd.dns.names import covering
 from filterd.pipeline.base import Answer, Decision, PassThrough, Query
 from filterd.sinkhole import BlockedReplies
 
@@ -24,17 +25,7 @@ class AllowList:
         self._names = frozenset(names)
 
     def covers(self, qname: str) -> str | None:
-        names = self._names
-        if not names:
-            return None
-        name = qname
-        while True:
-            if name in names:
-                return name
-            dot = name.find(".")
-            if dot < 0:
-                return None
-            name = name[dot + 1 :]
+        return covering(qname, self._names) if self._names else None
 
 
 class PolicyStage(PassThrough):

@@ -17,19 +17,9 @@ import dns.message
 import dns.opcode
 import dns.rcode
 
-from tests.support import FakeUpstream, RunningFilterd, addresses, free_port, query
+from tests.support import FakeUpstream, RunningFilterd, addresses, free_port, query, udp_raw
 
 Start = Callable[..., RunningFilterd]
-
-
-def _udp(port: int, packet: bytes, timeout: float = 1.0) -> bytes | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        sock.sendto(packet, ("127.0.0.1", port))
-        try:
-            return sock.recv(65535)
-        except TimeoutError:
-            return None
 
 
 def _server(start: Start, upstream: FakeUpstream) -> RunningFilterd:
@@ -43,19 +33,19 @@ dns:
 def test_responses_are_dropped(start_filterd: Start, fake_upstream: FakeUpstream) -> None:
     server = _server(start_filterd, fake_upstream)
     response = dns.message.make_response(dns.message.make_query("example.org", "A")).to_wire()
-    assert _udp(server.port, response, timeout=0.5) is None
+    assert udp_raw(server.port, response, timeout=0.5) is None
     assert fake_upstream.received == []
 
 
 def test_short_packets_are_dropped(start_filterd: Start, fake_upstream: FakeUpstream) -> None:
     server = _server(start_filterd, fake_upstream)
-    assert _udp(server.port, b"\x12\x34\x01", timeout=0.5) is None
+    assert udp_raw(server.port, b"\x12\x34\x01", timeout=0.5) is None
 
 
 def test_unparseable_question_gets_formerr(start_filterd: Start, fake_upstream: FakeUpstream) -> None:
     server = _server(start_filterd, fake_upstream)
     packet = dns.message.make_query("example.org", "A").to_wire()[:-3]
-    reply = _udp(server.port, packet)
+    reply = udp_raw(server.port, packet)
     assert reply is not None and reply[:2] == packet[:2] and reply[3] & 0xF == dns.rcode.FORMERR
     assert reply[2] & 0x80  # QR
 
@@ -64,7 +54,7 @@ def test_two_questions_get_formerr(start_filterd: Start, fake_upstream: FakeUpst
     server = _server(start_filterd, fake_upstream)
     q = dns.message.make_query("example.org", "A").to_wire()
     packet = q[:4] + b"\x00\x02" + q[6:] + q[12:]
-    reply = _udp(server.port, packet)
+    reply = udp_raw(server.port, packet)
     assert reply is not None and reply[3] & 0xF == dns.rcode.FORMERR
 
 
@@ -73,7 +63,7 @@ def test_other_opcodes_get_notimp(start_filterd: Start, fake_upstream: FakeUpstr
     for opcode in (dns.opcode.NOTIFY, dns.opcode.UPDATE, dns.opcode.IQUERY):
         q = dns.message.make_query("example.org", "SOA")
         q.set_opcode(opcode)
-        reply = _udp(server.port, q.to_wire())
+        reply = udp_raw(server.port, q.to_wire())
         assert reply is not None and reply[3] & 0xF == dns.rcode.NOTIMP
     assert fake_upstream.received == []
 

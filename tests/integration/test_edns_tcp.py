@@ -16,7 +16,7 @@ import dns.rrset
 import pytest
 
 from filterd.transport.tcp import TcpLimits
-from tests.support import FakeUpstream, RunningFilterd, addresses
+from tests.support import FakeUpstream, RunningFilterd, addresses, udp_raw
 
 Start = Callable[..., RunningFilterd]
 
@@ -81,7 +81,7 @@ def test_two_opt_records_get_formerr(start_filterd: Start, fake_upstream: FakeUp
     packet = dns.message.make_query("two.example.com", "A", use_edns=0).to_wire()
     opt = packet[-11:]
     doubled = packet[:10] + struct.pack("!H", 2) + packet[12:] + opt
-    reply = _udp_raw(server.port, doubled)
+    reply = udp_raw(server.port, doubled)
     assert reply is not None and reply[3] & 0xF == dns.rcode.FORMERR
 
 
@@ -199,13 +199,3 @@ def _tcp_exchange_on(sock: socket.socket, packet: bytes) -> dns.message.Message:
     sock.sendall(struct.pack("!H", len(packet)) + packet)
     length = struct.unpack("!H", _read(sock, 2))[0]
     return dns.message.from_wire(_read(sock, length))
-
-
-def _udp_raw(port: int, packet: bytes, timeout: float = 2.0) -> bytes | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        sock.sendto(packet, ("127.0.0.1", port))
-        try:
-            return sock.recv(65535)
-        except TimeoutError:
-            return None
