@@ -418,8 +418,9 @@ class App:
             try:
                 udp_sock = bind_socket(endpoint.host, endpoint.port, socket.SOCK_DGRAM)
             except OSError as exc:
-                if ":" in endpoint.host and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                    log.warning("dns: skipping %s: IPv6 is not available here (%s)", endpoint, exc.strerror)
+                if endpoint.host == "::1" and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    # Only the IPv6 loopback: a LAN address that is missing is a mistake to report, not skip.
+                    log.warning("dns: skipping %s: IPv6 is off on this machine (%s)", endpoint, exc.strerror)
                     return
                 raise StartupError(_bind_error("dns (udp)", endpoint, exc)) from None
             port = udp_sock.getsockname()[1]

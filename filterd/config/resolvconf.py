@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import socket
+from collections.abc import Callable, Sequence
 
 from filterd.config.schema import Endpoint
 
@@ -21,17 +22,34 @@ def parse_nameservers(text: str) -> list[Endpoint]:
     return out
 
 
-def is_self(upstream: Endpoint, listen: Sequence[Endpoint]) -> bool:
+def is_local_address(host: str) -> bool:
+    """Whether this machine has the address (binding to it succeeds; nothing is sent)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except OSError:
+        return False
+    return True
+
+
+def is_self(upstream: Endpoint, listen: Sequence[Endpoint], is_local: Callable[[str], bool] = is_local_address) -> bool:
     """An upstream that is one of our own listeners (a wildcard listen counts as every local address)."""
     for ep in listen:
         if ep.port != upstream.port:
             continue
-        if ep.host == upstream.host or ep.is_wildcard:
+        if ep.host == upstream.host:
+            return True
+        same_family = (":" in ep.host) == (":" in upstream.host)
+        if ep.is_wildcard and same_family and is_local(upstream.host):
             return True
     return False
 
 
-def default_upstreams(resolv_conf: str, listen: Sequence[Endpoint]) -> tuple[list[Endpoint], list[Endpoint]]:
+def default_upstreams(
+    resolv_conf: str, listen: Sequence[Endpoint], is_local: Callable[[str], bool] = is_local_address
+) -> tuple[list[Endpoint], list[Endpoint]]:
     """(usable upstreams, the ones left out because they are filterd itself)."""
     found = parse_nameservers(resolv_conf)
-    return [u for u in found if not is_self(u, listen)], [u for u in found if is_self(u, listen)]
+    own = [u for u in found if is_self(u, listen, is_local)]
+    return [u for u in found if u not in own], own
