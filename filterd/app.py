@@ -20,7 +20,7 @@ from typing import Any, Literal
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from filterd import __version__
+from filterd import __version__, systemd
 from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, list_path, load_lists
 from filterd.blocklists.local import LOCAL_LIST, LocalLists
 from filterd.blocklists.matcher import Match
@@ -215,46 +215,53 @@ class App:
         """
         async with self._reload_lock:
             started = time.monotonic()
+            systemd.reloading("reloading the config and the lists")
             try:
-                config = await asyncio.to_thread(self._read_config)
-                upstreams = resolve_upstreams(config)
-                lists = await asyncio.to_thread(load_lists, config.lists, self.state, self._snapshot_path())
-            except ConfigError as exc:
-                for problem in exc.problems:
-                    log.error("reload: %s", problem)
-                log.error("reload: the config has errors; the running config stays in use")
-                return {"ok": False, "errors": exc.problems}
-            except FilterdError as exc:
-                log.error("reload: %s; the running config stays in use", exc)
-                return {"ok": False, "errors": [str(exc)]}
-            for warning in self._needs_restart(config):
-                log.warning("reload: %s", warning)
-            old = self.config
-            config = replace(  # what is bound stays bound: the running config says what really runs
-                config,
-                dns=replace(config.dns, listen=old.dns.listen),
-                metrics=old.metrics,
-                blockpage=old.blockpage,
-                admin=old.admin,
-                state_dir=old.state_dir,
-            )
-            old_resolver, old_refresher = self.resolver, self.refresher
-            self.config, self.upstreams, self.lists = config, upstreams, lists
-            pipeline = self.build_pipeline(lists, upstreams)
-            assert self.resolver is not None and self.handler is not None
-            await self.resolver.start()
-            self.pipeline = self.handler.pipeline = pipeline  # the swap
-            self.lists_loaded = time.time()
-            if old_resolver is not None:
-                await old_resolver.stop()
-            if old_refresher is not None:
-                await old_refresher.stop()
-                self.refresher = None
-            self._start_refresher()
-            self._export_list_counts(lists.entries)
-            seconds = time.monotonic() - started
-            log.info("reload: done in %.2fs; pipeline: %s", seconds, pipeline.describe())
-            return {"ok": True, "seconds": round(seconds, 3), "lists": lists.entries}
+                return await self._reload(started)
+            finally:
+                systemd.ready(f"answering DNS on {', '.join(map(str, self.listening.dns))}")
+
+    async def _reload(self, started: float) -> dict[str, Any]:
+        try:
+            config = await asyncio.to_thread(self._read_config)
+            upstreams = resolve_upstreams(config)
+            lists = await asyncio.to_thread(load_lists, config.lists, self.state, self._snapshot_path())
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload: %s", problem)
+            log.error("reload: the config has errors; the running config stays in use")
+            return {"ok": False, "errors": exc.problems}
+        except FilterdError as exc:
+            log.error("reload: %s; the running config stays in use", exc)
+            return {"ok": False, "errors": [str(exc)]}
+        for warning in self._needs_restart(config):
+            log.warning("reload: %s", warning)
+        old = self.config
+        config = replace(  # what is bound stays bound: the running config says what really runs
+            config,
+            dns=replace(config.dns, listen=old.dns.listen),
+            metrics=old.metrics,
+            blockpage=old.blockpage,
+            admin=old.admin,
+            state_dir=old.state_dir,
+        )
+        old_resolver, old_refresher = self.resolver, self.refresher
+        self.config, self.upstreams, self.lists = config, upstreams, lists
+        pipeline = self.build_pipeline(lists, upstreams)
+        assert self.resolver is not None and self.handler is not None
+        await self.resolver.start()
+        self.pipeline = self.handler.pipeline = pipeline  # the swap
+        self.lists_loaded = time.time()
+        if old_resolver is not None:
+            await old_resolver.stop()
+        if old_refresher is not None:
+            await old_refresher.stop()
+            self.refresher = None
+        self._start_refresher()
+        self._export_list_counts(lists.entries)
+        seconds = time.monotonic() - started
+        log.info("reload: done in %.2fs; pipeline: %s", seconds, pipeline.describe())
+        return {"ok": True, "seconds": round(seconds, 3), "lists": lists.entries}
 
     def _snapshot_path(self) -> Path:
         """The compiled lists: in state_dir (kept for a fast restart), else in a private temporary folder."""

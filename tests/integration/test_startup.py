@@ -36,6 +36,10 @@ def test_ready_once_dns_answers_and_stopping_on_sigterm(tmp_path: Path, dnsmasq:
             assert message == f"READY=1\nSTATUS=answering DNS on 127.0.0.1:{port}"
             # No retry, no wait: once READY=1 is sent, DNS answers (dependents start at this moment).
             assert addresses(query("omegle.com", "A", port, timeout=2)) == ["127.0.0.1"]
+            proc.send_signal(signal.SIGHUP)  # systemctl reload: RELOADING=1, then READY=1 when done
+            reloading = notify.recv(4096).decode()
+            assert reloading.startswith("RELOADING=1\n") and "MONOTONIC_USEC=" in reloading
+            assert notify.recv(4096).decode().startswith("READY=1\n")
             proc.send_signal(signal.SIGTERM)
             assert notify.recv(4096) == b"STOPPING=1"
             _, err = proc.communicate(timeout=15)
@@ -93,4 +97,3 @@ def test_listeners_open_before_their_address_exists(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for what in ("dns", "blockpage"):
         assert f"{what}: {ABSENT} is not an address of this machine (yet): listening anyway" in "\n".join(warnings)
-
