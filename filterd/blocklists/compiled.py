@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from filterd.blocklists.matcher import Match
-from filterd.blocklists.parse import Skipped, detect_format, parse_stream
+from filterd.blocklists.parse import Sink, Skipped, detect_format, parse_stream
 
 MAGIC = b"FDSNAP1\x00"
 _HEADER = struct.Struct("<8sQQ")
@@ -152,10 +152,11 @@ def _compile(
     return report, matcher
 
 
-class _Table:
-    """The open-addressed table being filled, with the bookkeeping of the list being read."""
+class _Table(Sink):
+    """The open-addressed table being filled: the parser's sink, with the bookkeeping of the list being read."""
 
     def __init__(self, hashes: Any, values: Any, slots: int, limit: int) -> None:
+        super().__init__()
         self.hashes = hashes
         self.values = values
         self.slots = slots
@@ -166,6 +167,8 @@ class _Table:
         self.start_list(0, "")
 
     def start_list(self, list_index: int, fallback: str) -> None:
+        self.category = None
+        self.skip_count, self.skip_line, self.skip_reason = 0, None, None
         self.base = list_index << _KIND_BITS
         self.fallback = fallback
         self.count = 0
@@ -180,25 +183,25 @@ class _Table:
             self.categories.append(label)
         return self.category_index[label]
 
-    def add(self, name: str, subtree: bool, exception: bool, category: str | None, line: int) -> None:
+    def add(self, name: str, subtree: bool, exception: bool, line: int) -> None:
         self.read += 1
+        category = self.category
         if category != self.current or not self.started:
             self.current, self.started = category, True
             self.sections.append((line, self.category_id(category or self.fallback)))
         kind = (_EXCEPTION if exception else 0) | (_SUBTREE if subtree else 0)
         value = kind | self.base | ((line if line <= _MAX_LINE else 0) << _LINE_SHIFT)
-        h = name_hash(name)
+        h = _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
         hashes, values, slots = self.hashes, self.values, self.slots
         i = h % slots
-        while True:
-            stored = hashes[i]
-            if stored == 0:
-                break
+        stored = hashes[i]
+        while stored:
             if stored == h and values[i] & 0x3FF == value & 0x3FF:
                 return  # the same name, list and kind again: the first line stands
             i += 1
             if i == slots:
                 i = 0
+            stored = hashes[i]
         if self.used >= self.limit:
             raise _TableFull
         hashes[i] = h
@@ -222,7 +225,7 @@ def _fill(lists: Sequence[ListFile], hashes: Any, values: Any, slots: int, limit
             if fmt == "auto":
                 fmt = detect_format(handle.read(1 << 16))
                 handle.seek(0)
-            skip = parse_stream(handle, table.add, fmt=fmt, subdomains=item.subdomains)
+            skip = parse_stream(handle, table, fmt=fmt, subdomains=item.subdomains)
         list_sections = table.sections
         if not list_sections or list_sections[0][0] > 1:
             list_sections.insert(0, (0, table.category_id(item.category)))

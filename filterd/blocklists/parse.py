@@ -7,15 +7,16 @@ raises; it is counted in `Skipped`, and the first one is kept as a sample so the
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 __all__ = [
     "FORMATS",
-    "AddEntry",
     "Entry",
     "ParsedList",
+    "Sink",
     "Skipped",
     "detect_format",
     "normalize_name",
@@ -27,6 +28,8 @@ FORMATS: tuple[str, ...] = ("hosts", "domains", "adblock")
 """The list formats parse_list understands (plus "auto", which picks one of these)."""
 
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-."
+#: Labels of [a-z0-9_-] joined by single dots: one C call instead of several checks (the loop runs per line).
+_VALID_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*").fullmatch
 _IPV4_CHARS = "0123456789."
 _MAX_NAME = 253
 _MAX_LABEL = 63
@@ -106,14 +109,7 @@ def normalize_name(text: str) -> str | None:
     if name.endswith("."):
         name = name[:-1]
     name = name.lower()
-    if (
-        not name
-        or len(name) > _MAX_NAME
-        or name.strip(_NAME_CHARS)  # anything left over is a character outside [a-z0-9_.-]
-        or name[0] == "."
-        or name[-1] == "."
-        or ".." in name
-    ):
+    if not name or len(name) > _MAX_NAME or _VALID_NAME(name) is None:
         return None
     if len(name) > _MAX_LABEL and max(map(len, name.split("."))) > _MAX_LABEL:
         return None
@@ -168,44 +164,34 @@ def parse_list(text: str, *, fmt: str = "auto", subdomains: bool | None = None) 
     if fmt == "auto":
         fmt = detect_format(text)
     default_subtree = _DEFAULT_SUBTREE[fmt] if subdomains is None else subdomains
-    sink = _Sink()
+    sink = Sink()
     _LINE_PARSERS[fmt](text.split("\n"), default_subtree, sink)
     return ParsedList(entries=tuple(sink.entries), format=fmt, skipped=sink.skipped())
 
 
-AddEntry = Callable[[str, bool, bool, int], None]
-"""Receives each entry as (name, subtree, exception, line); the current category is on the sink."""
-
-
-def parse_stream(
-    lines: Iterable[str], add: Callable[[str, bool, bool, str | None, int], None], *, fmt: str, subdomains: bool | None
-) -> Skipped:
+def parse_stream(lines: Iterable[str], sink: Sink, *, fmt: str, subdomains: bool | None) -> Skipped:
     """Parse lines one at a time (a file object will do) without building Entry objects: each entry goes to
-    `add(name, subtree, exception, category, line)`. `fmt` must be a concrete format (see detect_format)."""
+    `sink.add(name, subtree, exception, line)`, with the category in force in `sink.category`. `fmt` must be a
+    concrete format (see detect_format). A compiler subclasses Sink and overrides `add`."""
     if fmt not in _DEFAULT_SUBTREE:
         raise ValueError(f"unknown list format {fmt!r}: expected {', '.join(FORMATS)}")
     default_subtree = _DEFAULT_SUBTREE[fmt] if subdomains is None else subdomains
-    sink = _Sink()
-    sink.add = lambda name, subtree, exception, line: add(name, subtree, exception, sink.category, line)
     _LINE_PARSERS[fmt](lines, default_subtree, sink)
     return sink.skipped()
 
 
-class _Sink:
-    """Per-call accumulator (entries, current category, skip tally); lives only for one parse_list call."""
+class Sink:
+    """Per-parse accumulator: the current category, the skip tally, and where entries go (`add`: by default
+    an Entry in `entries`; the compiler overrides it to hash straight into its table)."""
 
-    __slots__ = ("add", "category", "entries", "skip_count", "skip_line", "skip_reason")
-
-    def __init__(self, add: AddEntry | None = None) -> None:
+    def __init__(self) -> None:
         self.entries: list[Entry] = []
         self.category: str | None = None
         self.skip_count = 0
         self.skip_line: int | None = None
         self.skip_reason: str | None = None
-        #: Where each entry goes: by default an Entry in `entries`; a compiler passes its own.
-        self.add: AddEntry = add if add is not None else self._append
 
-    def _append(self, name: str, subtree: bool, exception: bool, line: int) -> None:
+    def add(self, name: str, subtree: bool, exception: bool, line: int) -> None:
         self.entries.append(Entry(name, subtree, exception, self.category, line))
 
     def comment(self, line: str) -> None:
@@ -228,7 +214,7 @@ class _Sink:
         return Skipped(self.skip_count, self.skip_line, self.skip_reason)
 
 
-def _parse_hosts(lines: Iterable[str], default_subtree: bool, sink: _Sink) -> None:
+def _parse_hosts(lines: Iterable[str], default_subtree: bool, sink: Sink) -> None:
     """`ADDRESS name [name ...]`; a lone name is taken too (Pi-hole reads such mixed files)."""
     add = sink.add  # bound once: this loop runs once per line
     for number, raw in enumerate(lines, 1):
@@ -263,7 +249,7 @@ def _parse_hosts(lines: Iterable[str], default_subtree: bool, sink: _Sink) -> No
                 add(name, default_subtree, False, number)
 
 
-def _parse_domains(lines: Iterable[str], default_subtree: bool, sink: _Sink) -> None:
+def _parse_domains(lines: Iterable[str], default_subtree: bool, sink: Sink) -> None:
     """One name per line; `*.name` always covers the subtree."""
     add = sink.add  # bound once: this loop runs once per line
     for number, raw in enumerate(lines, 1):
@@ -290,7 +276,7 @@ def _parse_domains(lines: Iterable[str], default_subtree: bool, sink: _Sink) -> 
             add(name, subtree, False, number)
 
 
-def _parse_adblock(lines: Iterable[str], default_subtree: bool, sink: _Sink) -> None:
+def _parse_adblock(lines: Iterable[str], default_subtree: bool, sink: Sink) -> None:
     """The DNS subset of adblock syntax: `||name^`, `|name^` (exact), bare names, and `@@` exceptions."""
     add = sink.add  # bound once: this loop runs once per line
     for number, raw in enumerate(lines, 1):
@@ -350,7 +336,7 @@ def _adblock_rule(line: str, default_subtree: bool) -> tuple[str, bool, bool] | 
     return name, subtree, exception
 
 
-_LINE_PARSERS: Mapping[str, Callable[[Iterable[str], bool, _Sink], None]] = MappingProxyType(
+_LINE_PARSERS: Mapping[str, Callable[[Iterable[str], bool, Sink], None]] = MappingProxyType(
     {"hosts": _parse_hosts, "domains": _parse_domains, "adblock": _parse_adblock}
 )
 

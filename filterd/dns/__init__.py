@@ -1,1 +1,1 @@
-"""The DNS wire format: a small, fast reader and writer for the common case (dnslib does the rest)."""
+"""The DNS wire format: a small, fast reader and writer (dnslib reads answers where speed does not matter)."""
