@@ -140,10 +140,11 @@ class App:
             # Before policy: the admin's own names, localhost, and names that must never leak (RFC 6761,
             # RFC 6303) are answered here and never depend on the lists; ANY and AXFR never go out.
             self.local_stage,
-            # Before the cache and the upstream: a blocked name is never sent out, nor served from cache.
-            self.policy,
-            # Before the upstream: repeated questions are answered at once; serves stale when upstreams fail.
+            # Before policy: a hit costs no list lookup. Safe: only answers that passed policy are stored, and
+            # any change to the lists clears the cache. Serves stale when every upstream fails.
             CacheStage(self.cache),
+            # Before the upstream: a blocked name is never sent out.
+            self.policy,
             # Inside the cache: only answers whose CNAME chain passed the lists are cached.
             CnameStage(self.policy),
         ]

@@ -5,8 +5,11 @@ back (0x20 case randomisation still matches). Positive answers live for their sm
 for the SOA's (RFC 2308; none without an SOA), SERVFAIL at most 5 s (RFC 9520); TC, FORMERR and REFUSED are
 never stored. All TTLs are clamped to [min_ttl, max_ttl]. Least recently used entries are evicted.
 When every upstream fails, an expired entry younger than `stale_max` is served with TTL 30 and EDE 3
-(RFC 8767). Sits after policy (a newly blocked name is never served from cache) and before the CNAME check
-(so only answers that passed it are stored).
+(RFC 8767).
+
+Sits before policy, so a cache hit (most queries on a home network) costs no list lookup. That is safe because
+only answers that passed policy and the CNAME check are ever stored, and every change to the lists or the
+local entries clears the cache, including answers still on their way from before the change (`generation`).
 """
 
 from __future__ import annotations
@@ -53,12 +56,16 @@ class DnsCache:
         self._failures: OrderedDict[CacheKey, float] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        #: Bumped by clear(): a query that started before the lists changed must not fill the new cache.
+        self.generation = 0
         self.stale = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
+        """Forget everything; an answer still on its way from before the clear is not stored either."""
+        self.generation += 1
         self._entries.clear()
         self._failures.clear()
 
@@ -124,18 +131,21 @@ class CacheStage(PassThrough):
             if cache.recently_failed(key):
                 cache.hits += 1
                 return self._failure(query, key)
-            cache.misses += 1
-            return None
+            return None  # (a miss is counted in handle: a blocked name is not a cache miss)
         cache.hits += 1
         entry, age = found
         wire_reply = render(entry.response, query.question, age=age, min_ttl=cache.min_ttl, max_ttl=cache.max_ttl)
         return Answer(wire_reply, Decision.CACHED, entry.upstream)
 
     async def handle(self, query: Query, call_next: CallNext) -> Answer:
-        answer = await call_next(query)
         cache = self.cache
+        cache.misses += 1
+        generation = cache.generation
+        answer = await call_next(query)
         key = cache_key(query.question)
         if answer.decision is Decision.FORWARDED and answer.response is not None:
+            if generation != cache.generation:
+                return answer  # the lists changed while this was forwarded: it passed the old ones only
             if cache.put(key, answer.response, answer.reason) and (cache.min_ttl > 0 or cache.max_ttl < 86400):
                 reply = render(answer.response, query.question, min_ttl=cache.min_ttl, max_ttl=cache.max_ttl)
                 return Answer(reply, answer.decision, answer.reason, answer.response)

@@ -157,3 +157,29 @@ def test_servfail_memory_lasts_5_seconds() -> None:
     assert cache.recently_failed(key)
     clock.now += 0.2
     assert not cache.recently_failed(key)
+
+
+def test_an_answer_from_before_the_lists_changed_is_not_cached() -> None:
+    import asyncio
+
+    from filterd.pipeline.base import Answer, Decision, Query
+    from filterd.pipeline.cache import CacheStage
+
+    cache, _ = _cache()
+    stage = CacheStage(cache)
+    q, parsed = _question()
+    resp = parse_response(_response(q, answers=("www.example.org. 60 IN A 192.0.2.1",)), len(parsed.question))
+    query = Query(q.to_wire(), parsed, "127.0.0.1", "udp")
+
+    async def forwarded_while_lists_change(_: Query) -> Answer:
+        cache.clear()  # e.g. a refresh swapped in lists that now block this name
+        return Answer(render(resp, parsed), Decision.FORWARDED, "up", resp)
+
+    async def forwarded(_: Query) -> Answer:
+        return Answer(render(resp, parsed), Decision.FORWARDED, "up", resp)
+
+    asyncio.run(stage.handle(query, forwarded_while_lists_change))
+    assert stage.answer_now(query) is None and len(cache) == 0
+    asyncio.run(stage.handle(query, forwarded))
+    hit = stage.answer_now(query)
+    assert hit is not None and hit.decision is Decision.CACHED
