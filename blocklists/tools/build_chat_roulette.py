@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from listfile import BuildError, normalize, render, write  # beside this script
+
 VERSION = "2026-11-28"
 
 #: Category ids, in the order of the sections in the output.
@@ -87,13 +89,8 @@ listed; no parent names were inferred.
 Built by blocklists/tools/build_chat_roulette.py from {rows} sourced names: {entries} entries,
 {covered} dropped as covered by a listed parent{merged}."""
 
-_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 _ISSUE = re.compile(r"https://github\.com/([^/\s]+/[^/\s]+)/(?:issues|pull)/(\d+)")
 _REPO_SOURCE = re.compile(r"([A-Za-z0-9._-]+/[A-Za-z0-9._-]+):([^@\s]+)(?:@([0-9a-f]{7,40}))?")
-
-
-class BuildError(Exception):
-    pass
 
 
 @dataclass
@@ -101,28 +98,6 @@ class Row:
     domain: str
     category: str
     sources: list[str] = field(default_factory=list)
-
-
-def normalize(raw: str) -> str:
-    """Lower-case, strip a trailing dot and convert an IDN to A-labels; raise ValueError if invalid."""
-    name = raw.strip().rstrip(".")
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise ValueError(f"not a valid IDN: {exc}") from None
-    name = name.lower()
-    labels = name.split(".")
-    if len(name) > 253:
-        raise ValueError("longer than 253 characters")
-    if len(labels) < 2:
-        raise ValueError("a single label would block a whole top-level domain")
-    for label in labels:
-        if not _LABEL.fullmatch(label):
-            raise ValueError(f"bad label {label!r} (allowed: a-z 0-9 _ -, 1-63 characters)")
-    if labels[-1].isdigit():
-        raise ValueError("looks like an IP address, not a hostname")
-    return name
 
 
 def read_table(path: Path) -> tuple[list[Row], int]:
@@ -210,26 +185,22 @@ def build(table: Path, version: str = VERSION) -> str:
     for row in kept:
         sections[row.category].append(row.domain)
 
-    out = [
-        "# name: chat-roulette",
-        f"# description: {DESCRIPTION}",
-        f"# version: {version}",
-        f"# license: {LICENSE}",
-        f"# homepage: {HOMEPAGE}",
-    ]
-    out += [f"# source: {line}" for line in source_lines(rows)]
     note = NOTE.format(
         rows=len(rows),
         entries=len(kept),
         covered=len(rows) - len(kept),
         merged=f"; {merged} repeated {'name' if merged == 1 else 'names'} merged" if merged else "",
     )
-    out.append("#")
-    out += [f"# {line}" for line in note.splitlines()]
-    for category, entries in sections.items():
-        out += ["", f"# category: {category}"]
-        out += sorted(entries)
-    return "\n".join(out) + "\n"
+    return render(
+        name="chat-roulette",
+        description=DESCRIPTION,
+        version=version,
+        license=LICENSE,
+        homepage=HOMEPAGE,
+        sources=source_lines(rows),
+        note=note,
+        sections=sections,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, OSError) as exc:
         print(f"build_chat_roulette: {exc}", file=sys.stderr)
         return 1
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.output).write_text(text, encoding="utf-8", newline="\n")
+    write(text, args.output)
     return 0
 
 

@@ -34,6 +34,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from listfile import BuildError, normalize, render, write  # beside this script
+
 VERSION = "2026-11-28"
 MIN_SOURCES = 2
 
@@ -149,12 +151,7 @@ Built by blocklists/tools/build_doh_bypass.py: {kept} entries from the {eligible
 lists carry; left out: {vendor} vendor or organisation sites, {signals} signal name(s), {never} name(s) that
 would block a never-block name, {covered} names covered by a listed parent."""
 
-_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 _SOURCE = re.compile(r"([A-Za-z0-9._-]+/[A-Za-z0-9._-]+):([^@\s]+)@([0-9a-f]{7,40})(?:\s+\(.*\))?")
-
-
-class BuildError(Exception):
-    pass
 
 
 @dataclass
@@ -165,28 +162,6 @@ class Row:
 
     def active_lists(self) -> set[str]:
         return {repo for repo, path, _ in self.sources if (repo, path) not in INACTIVE_FILES}
-
-
-def normalize(raw: str) -> str:
-    """Lower-case, strip a trailing dot and convert an IDN to A-labels; raise ValueError if invalid."""
-    name = raw.strip().rstrip(".")
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise ValueError(f"not a valid IDN: {exc}") from None
-    name = name.lower()
-    labels = name.split(".")
-    if len(name) > 253:
-        raise ValueError("longer than 253 characters")
-    if len(labels) < 2:
-        raise ValueError("a single label would block a whole top-level domain")
-    for label in labels:
-        if not _LABEL.fullmatch(label):
-            raise ValueError(f"bad label {label!r} (allowed: a-z 0-9 _ -, 1-63 characters)")
-    if labels[-1].isdigit():
-        raise ValueError("looks like an IP address, not a hostname")
-    return name
 
 
 def read_table(path: Path) -> list[Row]:
@@ -284,14 +259,6 @@ def build(table: Path, never_block: Path, version: str = VERSION) -> str:
                 f"{info.label}, https://github.com/{repo}, {noun} {', '.join(files)}; license: {info.license}"
             )
 
-    out = [
-        "# name: doh-bypass",
-        f"# description: {DESCRIPTION}",
-        f"# version: {version}",
-        f"# license: {LICENSE}",
-        f"# homepage: {HOMEPAGE}",
-    ]
-    out += [f"# source: {line}" for line in sources]
     note = NOTE.format(
         lists=len({repo for row in rows for repo, _, _ in row.sources}),
         rows=len(rows),
@@ -303,15 +270,19 @@ def build(table: Path, never_block: Path, version: str = VERSION) -> str:
         never=len(never),
         covered=len(candidates) - len(kept),
     )
-    out.append("#")
-    out += [f"# {line}" for line in note.splitlines()]
     sections: dict[str, list[str]] = {category: [] for category in CATEGORIES}
     for row in kept:
         sections[category_of(row.domain)].append(row.domain)
-    for category, entries in sections.items():
-        out += ["", f"# category: {category}"]
-        out += sorted(entries)
-    return "\n".join(out) + "\n"
+    return render(
+        name="doh-bypass",
+        description=DESCRIPTION,
+        version=version,
+        license=LICENSE,
+        homepage=HOMEPAGE,
+        sources=sources,
+        note=note,
+        sections=sections,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,10 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, OSError) as exc:
         print(f"build_doh_bypass: {exc}", file=sys.stderr)
         return 1
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.output).write_text(text, encoding="utf-8", newline="\n")
+    write(text, args.output)
     return 0
 
 
