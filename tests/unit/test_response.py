@@ -6,6 +6,7 @@ import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 import pytest
 
@@ -183,3 +184,15 @@ def test_an_answer_from_before_the_lists_changed_is_not_cached() -> None:
     asyncio.run(stage.handle(query, forwarded))
     hit = stage.answer_now(query)
     assert hit is not None and hit.decision is Decision.CACHED
+
+
+def test_rrsig_contents_are_never_rewritten() -> None:
+    q, parsed = _question(use_edns=0, want_dnssec=True)
+    sig = "A 13 3 300 20261231000000 20261101000000 12345 example.org. " + "AAAA" * 16
+    data = _response(q, answers=("www.example.org. 300 IN A 192.0.2.1", f"www.example.org. 300 IN RRSIG {sig}"))
+    resp = parse_response(data, len(parsed.question))
+    out = dns.message.from_wire(render(resp, parsed, age=100))
+    rrsig = next(rrset for rrset in out.answer if rrset.rdtype == dns.rdatatype.RRSIG)
+    assert rrsig.ttl == 200  # the record's TTL counts down...
+    assert rrsig[0].original_ttl == 300 and rrsig[0].key_tag == 12345  # ...its signed contents do not
+    assert out.ednsflags & dns.flags.DO
