@@ -1,7 +1,10 @@
-"""Which list (if any) blocks a query name: one dict lookup per label level, built once from parsed lists.
+"""Which list (if any) blocks a query name: the `Match` every part reports, and `Matcher`, the in-memory
+reference implementation of the matching rules.
 
-Every (name, list, kind) is packed into one int so that a million entries cost a dict slot and an int each,
-not an object per entry; match() stays a handful of dict lookups on the miss path (the common case).
+filterd serves from `compiled.CompiledMatcher` (a mapped snapshot, far smaller for big lists); `Matcher` is
+the plain dict version of the same semantics, kept as the oracle the compiled store is tested against
+(tests/unit/test_compiled.py, including a property test). One dict lookup per label level; every
+(name, list, kind) packed into one int.
 """
 
 from __future__ import annotations

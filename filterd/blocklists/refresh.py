@@ -1,8 +1,8 @@
 """Keeping url lists current without ever losing a good one.
 
 Each enabled url list has a task that downloads it every `refresh` (jittered), checks the download and,
-only if it passes, stores it as the new good copy, compiles a new Matcher and swaps it into the running
-PolicyStage (one reference assignment: a query sees the old matcher or the new, never a mix). Anything
+only if it passes, stores it as the new good copy, compiles the lists into a new snapshot and swaps it into the
+running PolicyStage (one reference assignment: a query sees the old lists or the new, never a mix). Anything
 else (a failed, truncated, empty, oversized, unparseable or much smaller download) leaves the last good
 copy in use, and is reported in the log as `NAME:LINE: reason` and in `filterd_list_refresh_total`.
 

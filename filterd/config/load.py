@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from filterd.blocklists.parse import normalize_name
 from filterd.config.schema import (
     DEFAULT_ALLOW_CLIENTS,
     DEFAULT_LISTS,
@@ -269,8 +270,6 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
 
 
 def _zone_name(node: _Node, key: str, text: str, p: _Problems) -> str | None:
-    from filterd.blocklists.parse import normalize_name
-
     name = normalize_name(text)
     if name is None:
         p.add(node.line, key, f"{text!r} is not a valid domain name")
@@ -544,16 +543,9 @@ def _lists(node: _Node, p: _Problems, base_dir: Path) -> tuple[ListConfig, ...] 
 
 
 def _allow(node: _Node, p: _Problems) -> tuple[str, ...] | None:
-    from filterd.blocklists.parse import normalize_name
-
     def name(n: _Node, k: str) -> str | None:
         text = _string(n, k, p)
-        if text is None:
-            return None
-        normal = normalize_name(text.removeprefix("*."))
-        if normal is None:
-            p.add(n.line, k, f"{text!r} is not a valid domain name")
-        return normal
+        return None if text is None else _zone_name(n, k, text.removeprefix("*."), p)
 
     return _items(node, "allow", p, name)
 
