@@ -164,8 +164,8 @@ class App:
             await self.stop()
             raise
         for name, count in self.lists.entries.items():
-            self.metrics.blocklist_entries.labels(list=name).set(count)
             log.info("list %s: %d names from %s", name, count, self.lists.sources[name])
+        self._export_list_counts(self.lists.entries)
         self.pipeline = self.build_pipeline(self.lists, upstreams)
         log.info("pipeline: %s", self.pipeline.describe())
         log.info("upstreams: %s", ", ".join(map(str, upstreams)))
@@ -297,9 +297,12 @@ class App:
             self.refresher.start()
 
     def _export_list_counts(self, entries: dict[str, int]) -> None:
+        """filterd_blocklist_entries for every list, the local entries included (when there is a state_dir)."""
         self.metrics.blocklist_entries.clear()
         for name, count in entries.items():
             self.metrics.blocklist_entries.labels(list=name).set(count)
+        if self.state is not None:
+            self.metrics.blocklist_entries.labels(list=LOCAL_LIST).set(len(self.local_lists.blocked))
 
     # --- the admin API's backend (filterd/web/admin.py) ----------------------------------------------------
 
@@ -410,7 +413,7 @@ class App:
         if self.policy is not None:
             self.policy.changed()  # flush the cache
         log.info("local: %s %s", action, normal)
-        self.metrics.blocklist_entries.labels(list=LOCAL_LIST).set(len(local.blocked))
+        self._export_list_counts(self.policy.matcher.entry_counts() if self.policy is not None else {})
         return {
             "name": normal,
             "action": action,

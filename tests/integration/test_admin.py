@@ -304,3 +304,18 @@ lists:
     finally:
         server.stop()
         lists.stop()
+
+
+def test_local_entries_are_counted_in_metrics_across_a_reload(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    config = _config(tmp_path, dnsmasq, free_port(), extra="metrics: {listen: 127.0.0.1:0}")
+    server = RunningFilterd(config)
+    server.start()
+    try:
+        assert server.metric("filterd_blocklist_entries", list="local") == 0
+        assert cli(config, "block", "games2.example").returncode == 0
+        assert server.metric("filterd_blocklist_entries", list="local") == 1
+        assert cli(config, "reload").returncode == 0
+        assert server.metric("filterd_blocklist_entries", list="local") == 1
+        assert server.metric("filterd_blocklist_entries", list="extra") == 1
+    finally:
+        server.stop()
