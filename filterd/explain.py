@@ -67,15 +67,18 @@ def explain(
         text = quote_line(path, match.line) if path is not None else None
         where = f"{path}:{match.line}" if path is not None and match.line else match.list
         quoted = f": {text!r}" if text is not None else ""
+        rule = rule_kind(match.entry)
+        by = f"the {rule} {match.entry} of list {match.list}" if rule != "name" else f"list {match.list}"
         return out | {
             "decision": "blocked",
             "list": match.list,
             "entry": match.entry,
+            "rule": rule,
             "line": match.line,
             "text": text,
             "file": str(path) if path is not None else None,
             "category": match.category,
-            "reason": f"blocked by list {match.list} ({match.category}), {where}{quoted}",
+            "reason": f"blocked by {by} ({match.category}), {where}{quoted}",
         }
     upstreams = upstreams_for(normal)
     to = ", ".join(map(str, upstreams)) or "the upstreams"
@@ -84,6 +87,15 @@ def explain(
         "upstreams": [str(u) for u in upstreams],
         "reason": f"not blocked: forwarded to {to}",
     }
+
+
+def rule_kind(entry: str) -> str:
+    """What kind of list entry matched: "name" (a listed name), "brand rule" (omegle.*) or "name pattern"."""
+    if entry.startswith("/"):
+        return "name pattern"
+    if entry.endswith(".*"):
+        return "brand rule"
+    return "name"
 
 
 def quote_line(path: Path, line: int) -> str | None:

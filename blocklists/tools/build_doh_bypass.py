@@ -273,6 +273,8 @@ def build(table: Path, never_block: Path, version: str = VERSION) -> str:
     sections: dict[str, list[str]] = {category: [] for category in CATEGORIES}
     for row in kept:
         sections[category_of(row.domain)].append(row.domain)
+    for entries in sections.values():
+        entries.sort()
     return render(
         name="doh-bypass",
         description=DESCRIPTION,

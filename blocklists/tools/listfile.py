@@ -50,7 +50,8 @@ def render(
     note: str,
     sections: dict[str, list[str]],
 ) -> str:
-    """The list file's text: the header, the note, and each category's names sorted."""
+    """The list file's text: the header, the note, and each category's entries in the order given (the
+    generators sort names, then add brand rules and patterns after them)."""
     out = [
         f"# name: {name}",
         f"# description: {description}",
@@ -63,7 +64,7 @@ def render(
     out += [f"# {line}" for line in note.splitlines()]
     for category, entries in sections.items():
         out += ["", f"# category: {category}"]
-        out += sorted(entries)
+        out += entries
     return "\n".join(out) + "\n"
 
 

@@ -8,8 +8,9 @@ File layout (little-endian):
     magic  b"FDSNAP1\\0" | slots u64 | meta_len u64 | hashes u64[slots] | values u32[slots] | meta JSON
 A slot's hash is blake2b-64 of the name (0 marks an empty slot; a name hashing to 0 is stored as 1). Its value
 packs kind (2 bits: subtree, exception) | list index (8 bits) | line (22 bits; 0 when beyond). Categories come
-from the list's `# category:` sections by line, kept in the metadata. The list text itself stays on disk, so
-`filterd check` can still quote the matching line. A 64-bit hash collision makes a false match with a
+from the list's `# category:` sections by line, kept in the metadata, and so are the brand rules and name
+patterns (rules.py): a few per list, matched only for names the table does not block. The list text itself
+stays on disk, so `filterd check` can still quote the matching line. A 64-bit hash collision makes a false match with a
 probability of about n / 2^64 per lookup (1e-13 for a million names).
 """
 
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filterd.blocklists.matcher import Match
+from filterd.blocklists.matcher import Match, rule_match
 from filterd.blocklists.parse import Sink, Skipped, detect_format, parse_stream
+from filterd.blocklists.rules import Rule, RuleSet
 
 MAGIC = b"FDSNAP1\x00"
 _HEADER = struct.Struct("<8sQQ")
@@ -168,12 +170,15 @@ class _Table(Sink):
         self.used = 0
         self.categories: list[str] = []
         self.category_index: dict[str, int] = {}
+        #: [list index, kind, text, subtree, exception, category, line] for every brand rule and pattern
+        self.rule_rows: list[list[Any]] = []
         self.start_list(0, "")
 
     def start_list(self, list_index: int, fallback: str) -> None:
         self.category = None
         self.skip_count, self.skip_line, self.skip_reason = 0, None, None
         self.base = list_index << _KIND_BITS
+        self.list_index = list_index
         self.fallback = fallback
         self.count = 0
         self.read = 0
@@ -186,6 +191,15 @@ class _Table(Sink):
             self.category_index[label] = len(self.categories)
             self.categories.append(label)
         return self.category_index[label]
+
+    def add_rule(self, kind: str, text: str, subtree: bool, exception: bool, line: int) -> None:
+        self.read += 1
+        key = [self.list_index, kind, text, subtree, exception]
+        if any(rule[:5] == key for rule in self.rule_rows):
+            return  # the same rule again in this list: the first line stands
+        self.rule_rows.append([*key, self.category or self.fallback, line])
+        if not exception:
+            self.count += 1
 
     def add(self, name: str, subtree: bool, exception: bool, line: int) -> None:
         self.read += 1
@@ -251,6 +265,7 @@ def _fill(lists: Sequence[ListFile], hashes: Any, values: Any, slots: int, limit
         "formats": formats,
         "slots": slots,
         "used": table.used,
+        "rules": table.rule_rows,
     }
 
 
@@ -279,6 +294,13 @@ class CompiledMatcher:
         self._categories: list[str] = meta["categories"]
         self._section_lines = [[line for line, _ in sec] for sec in meta["sections"]]
         self._section_cats = [[cat for _, cat in sec] for sec in meta["sections"]]
+        rules = RuleSet(
+            (index, Rule(kind, text, subtree, exception, category, line))
+            for index, kind, text, subtree, exception, category, line in meta.get("rules", ())
+        )
+        #: None when the lists have no brand rules or patterns: a miss then costs nothing more
+        self.rules: RuleSet | None = None if rules.empty else rules
+        self._no_fallbacks = [""] * len(self._lists)
 
     @property
     def fingerprint(self) -> str:
@@ -320,9 +342,18 @@ class CompiledMatcher:
                 break
             name = name[dot + 1 :]
             exact = False
-        return None if hits is None else self._decide(hits)
+        if hits is None:
+            if self.rules is None:
+                return None
+            excepted = None
+        else:
+            found, excepted = self._decide(hits)
+            if found is not None or self.rules is None:
+                return found
+        hit = self.rules.match(qname, excepted)
+        return None if hit is None else rule_match(hit, self._lists, self._no_fallbacks)
 
-    def _decide(self, hits: list[tuple[str, bool, int]]) -> Match | None:
+    def _decide(self, hits: list[tuple[str, bool, int]]) -> tuple[Match | None, set[int]]:
         best: dict[int, tuple[str, int]] = {}  # list index -> (most specific matching name, value)
         excepted: set[int] = set()
         for name, exact, value in hits:
@@ -335,11 +366,12 @@ class CompiledMatcher:
                 best[list_index] = (name, value)
         blocking = [index for index in best if index not in excepted]
         if not blocking:
-            return None
+            return None, excepted
         list_index = min(blocking)
         entry, value = best[list_index]
         line = value >> _LINE_SHIFT
-        return Match(self._lists[list_index], entry, line, self._category(list_index, line), bool(value & _SUBTREE))
+        found = Match(self._lists[list_index], entry, line, self._category(list_index, line), bool(value & _SUBTREE))
+        return found, excepted
 
     def _category(self, list_index: int, line: int) -> str:
         lines = self._section_lines[list_index]

@@ -25,7 +25,7 @@ from filterd.errors import ListError
 log = logging.getLogger(__name__)
 
 SNAPSHOT_NAME = "lists.snapshot"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: brand rules and name patterns in the snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +38,16 @@ class LoadedLists:
 
 
 def list_path(cfg: ListConfig, state: StateDir | None) -> Path | None:
-    """The file a list is read from: the builtin or path file, or a url list's stored copy."""
+    """The file a list is read from: the builtin or path file, or a url list's stored copy (its `fallback`
+    built-in list while it has none)."""
     if cfg.builtin:
         return builtin_path(cfg.builtin)
     if cfg.path is not None:
         return cfg.path
-    return state.copy_path(cfg.name) if state is not None else None
+    copy = state.copy_path(cfg.name) if state is not None else None
+    if cfg.fallback and (copy is None or not copy.exists()):
+        return builtin_path(cfg.fallback)  # until the first download succeeds
+    return copy
 
 
 def _describe(cfg: ListConfig, state: StateDir | None) -> str:
@@ -62,7 +66,16 @@ def _inputs(configs: Sequence[ListConfig], state: StateDir | None, empty: Path) 
             if state is None:
                 raise ListError(cfg.name, "a url list needs a state_dir")
             assert path is not None
-            if not path.exists():
+            if cfg.fallback and path == builtin_path(cfg.fallback):
+                log.warning(
+                    "list %s: no downloaded copy yet in %s: serving the built-in list %s until the first download "
+                    "from %s succeeds",
+                    cfg.name,
+                    state.path,
+                    cfg.fallback,
+                    cfg.url,
+                )
+            elif not path.exists():
                 log.warning(
                     "list %s: no downloaded copy yet in %s: it blocks nothing until the first download from %s "
                     "succeeds",

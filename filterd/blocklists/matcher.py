@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from filterd.blocklists.parse import ParsedList
+from filterd.blocklists.rules import RuleHit, RuleSet
 
-__all__ = ["BlockIndex", "ListSource", "Match", "Matcher"]
+__all__ = ["BlockIndex", "ListSource", "Match", "Matcher", "rule_match"]
 
 # Packed record layout (low bits first): kind (2 bits) | list index (16) | category index (16) | line (rest).
 _SUBTREE = 1
@@ -62,7 +63,7 @@ class BlockIndex(Protocol):
 class Matcher:
     """An immutable index of block and exception entries of ordered lists; the first list that blocks wins."""
 
-    __slots__ = ("_categories", "_counts", "_lists", "_records")
+    __slots__ = ("_categories", "_counts", "_fallbacks", "_lists", "_records", "_rules")
 
     def __init__(
         self,
@@ -70,12 +71,16 @@ class Matcher:
         lists: tuple[str, ...],
         categories: tuple[str, ...],
         counts: tuple[int, ...],
+        rules: RuleSet | None = None,
+        fallbacks: tuple[str, ...] = (),
     ) -> None:
         """Use build() or empty(); this only stores the already-packed index."""
         self._records = records
         self._lists = lists
         self._categories = categories
         self._counts = counts
+        self._rules = rules if rules is not None and not rules.empty else None
+        self._fallbacks = fallbacks
 
     @classmethod
     def empty(cls) -> Matcher:
@@ -98,14 +103,27 @@ class Matcher:
         counts: list[int] = []
         for list_index, source in enumerate(sources):
             counts.append(_add_list(records, category_index, list_index, source))
-        return cls(records, lists, tuple(category_index), tuple(counts))
+        rules = RuleSet((index, rule) for index, source in enumerate(sources) for rule in source.parsed.rules)
+        for index, count in rules.counts().items():
+            counts[index] += count
+        fallbacks = tuple(source.category for source in sources)
+        return cls(records, lists, tuple(category_index), tuple(counts), rules, fallbacks)
 
     def entry_counts(self) -> dict[str, int]:
         """List name -> number of distinct block entries (exceptions and duplicates not counted)."""
         return dict(zip(self._lists, self._counts, strict=True))
 
     def match(self, qname: str) -> Match | None:
-        """The first list (in order) that blocks `qname` (lower-case, no trailing dot), and its entry."""
+        """The first list (in order) whose listed names block `qname` (lower-case, no trailing dot), and its
+        entry; only when no listed name blocks it, the first list whose brand rule or pattern does."""
+        found, excepted = self._match_names(qname)
+        if found is not None or self._rules is None:
+            return found
+        hit = self._rules.match(qname, excepted)
+        return None if hit is None else rule_match(hit, self._lists, self._fallbacks)
+
+    def _match_names(self, qname: str) -> tuple[Match | None, set[int] | None]:
+        """The listed names' decision, and the lists whose exceptions covered `qname` (for the rules)."""
         records = self._records
         found = records.get(qname)
         hits: list[tuple[str, _Record]] | None = None if found is None else [(qname, found)]
@@ -119,17 +137,19 @@ class Matcher:
                 hits.append((suffix, found))
             dot = qname.find(".", dot + 1)
         if hits is None:
-            return None
+            return None, None
         return self._decide(qname, hits)
 
-    def _decide(self, qname: str, hits: list[tuple[str, _Record]]) -> Match | None:
+    def _decide(self, qname: str, hits: list[tuple[str, _Record]]) -> tuple[Match | None, set[int] | None]:
         """Resolve the levels that had entries (most specific first) into the winning list's Match."""
         if len(hits) == 1:
             name, record = hits[0]
             if isinstance(record, int):  # the usual hit: one entry of one list
-                if record & _EXCEPTION or not (record & _SUBTREE or len(name) == len(qname)):
-                    return None
-                return self._match(name, record)
+                if not (record & _SUBTREE or len(name) == len(qname)):
+                    return None, None
+                if record & _EXCEPTION:
+                    return None, {(record >> _LIST_SHIFT) & _INDEX_MASK}
+                return self._match(name, record), None
         best: dict[int, tuple[str, int]] = {}
         excepted: set[int] = set()
         for name, record in hits:
@@ -145,9 +165,9 @@ class Matcher:
                     best[list_index] = (name, item)
         blocking = [index for index in best if index not in excepted]
         if not blocking:
-            return None
+            return None, excepted
         name, item = best[min(blocking)]
-        return self._match(name, item)
+        return self._match(name, item), None
 
     def _match(self, name: str, item: int) -> Match:
         """Unpack a record of entry `name` into the reported Match."""
@@ -158,6 +178,18 @@ class Matcher:
             category=self._categories[(item >> _CAT_SHIFT) & _INDEX_MASK],
             subtree=bool(item & _SUBTREE),
         )
+
+
+def rule_match(hit: RuleHit, lists: Sequence[str], fallbacks: Sequence[str]) -> Match:
+    """The Match a brand rule or pattern reports: its list, the rule as written, its line and category."""
+    rule = hit.rule
+    return Match(
+        list=lists[hit.list_index],
+        entry=rule.entry,
+        line=rule.line,
+        category=rule.category or fallbacks[hit.list_index],
+        subtree=rule.subtree,
+    )
 
 
 def _add_list(records: dict[str, _Record], category_index: dict[str, int], list_index: int, source: ListSource) -> int:

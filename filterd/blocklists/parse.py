@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from filterd.blocklists.rules import BRAND, PATTERN, Rule, brand_label, check_pattern
+
 __all__ = [
     "FORMATS",
     "Entry",
@@ -61,7 +63,7 @@ _COSMETIC_SECOND = frozenset("#@?$%")
 
 _MODIFIERS = "adblock rule with $modifiers"
 _COSMETIC = "adblock cosmetic (element hiding) rule"
-_REGEX = "adblock regex rule"
+_REGEX = "adblock regex rule with $modifiers"
 _PATH = "adblock rule with a path"
 _WILDCARD = "adblock rule with a wildcard"
 
@@ -93,6 +95,7 @@ class ParsedList:
     entries: tuple[Entry, ...]
     format: str  # "hosts" | "domains" | "adblock" (the detected one when auto)
     skipped: Skipped
+    rules: tuple[Rule, ...] = ()  # brand rules and name patterns (rules.py), in file order
 
 
 def normalize_name(text: str) -> str | None:
@@ -166,7 +169,7 @@ def parse_list(text: str, *, fmt: str = "auto", subdomains: bool | None = None) 
     default_subtree = _DEFAULT_SUBTREE[fmt] if subdomains is None else subdomains
     sink = Sink()
     _LINE_PARSERS[fmt](text.split("\n"), default_subtree, sink)
-    return ParsedList(entries=tuple(sink.entries), format=fmt, skipped=sink.skipped())
+    return ParsedList(entries=tuple(sink.entries), format=fmt, skipped=sink.skipped(), rules=tuple(sink.rules))
 
 
 def parse_stream(lines: Iterable[str], sink: Sink, *, fmt: str, subdomains: bool | None) -> Skipped:
@@ -186,6 +189,7 @@ class Sink:
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
+        self.rules: list[Rule] = []
         self.category: str | None = None
         self.skip_count = 0
         self.skip_line: int | None = None
@@ -193,6 +197,10 @@ class Sink:
 
     def add(self, name: str, subtree: bool, exception: bool, line: int) -> None:
         self.entries.append(Entry(name, subtree, exception, self.category, line))
+
+    def add_rule(self, kind: str, text: str, subtree: bool, exception: bool, line: int) -> None:
+        """A brand rule (`text` is the label) or a name pattern (`text` is the regex), already checked."""
+        self.rules.append(Rule(kind, text, subtree, exception, self.category, line))
 
     def comment(self, line: str) -> None:
         """Note a '#'/'!' comment line; only '# category: NAME' matters (an empty NAME clears it)."""
@@ -262,8 +270,14 @@ def _parse_domains(lines: Iterable[str], default_subtree: bool, sink: Sink) -> N
             continue
         if first == "[" and _is_header(line):
             continue
+        if first == "/":
+            _pattern_line(line, False, number, sink)
+            continue
         if "#" in line:
             line = _cut_comment(line)
+        if line.endswith(".*"):
+            _brand_line(line.removeprefix("*."), default_subtree, False, number, sink)
+            continue
         if line.startswith("*."):
             name = normalize_name(line[2:])
             subtree = True
@@ -298,17 +312,24 @@ def _parse_adblock(lines: Iterable[str], default_subtree: bool, sink: Sink) -> N
         result = _adblock_rule(line, default_subtree)
         if isinstance(result, str):
             sink.skip(number, result)
+        elif len(result) == 4:
+            kind, text, subtree, exception = result
+            sink.add_rule(kind, text, subtree, exception, number)
         else:
             add(result[0], result[1], result[2], number)
 
 
-def _adblock_rule(line: str, default_subtree: bool) -> tuple[str, bool, bool] | str:
-    """(name, subtree, exception) for a DNS-usable adblock rule, else the reason it is skipped."""
+def _adblock_rule(line: str, default_subtree: bool) -> tuple[str, bool, bool] | tuple[str, str, bool, bool] | str:
+    """(name, subtree, exception) for a DNS-usable adblock rule, (kind, text, subtree, exception) for a brand
+    rule or a name pattern, else the reason it is skipped."""
     exception = line.startswith("@@")
     body = line[2:] if exception else line
     if body.startswith("/"):  # `/regex/` (maybe with `$modifiers` after it) or a path rule
         end = body.rfind("/")
-        if end > 0 and (end == len(body) - 1 or body[end + 1] == "$"):
+        if end > 0 and end == len(body) - 1:
+            problem = _pattern_problem(body)
+            return problem if problem is not None else (PATTERN, body[1:-1], True, exception)
+        if end > 0 and body[end + 1] == "$":
             return _REGEX
     if "#" in body:  # ##, #@#, #?#, #$#, #%#: all cosmetic, whatever follows
         return _COSMETIC
@@ -328,6 +349,11 @@ def _adblock_rule(line: str, default_subtree: bool) -> tuple[str, bool, bool] | 
         core = core[:-1]
     if "/" in core:
         return _PATH
+    if core.endswith(".*") and "*" not in core[:-2]:
+        label = brand_label(core)
+        if label is None:
+            return f"a brand rule is one label before .* (like omegle.*): {_show(core)}"
+        return (BRAND, label, subtree, exception)
     if "*" in core:
         return _WILDCARD
     name = normalize_name(core)
@@ -339,6 +365,32 @@ def _adblock_rule(line: str, default_subtree: bool) -> tuple[str, bool, bool] | 
 _LINE_PARSERS: Mapping[str, Callable[[Iterable[str], bool, Sink], None]] = MappingProxyType(
     {"hosts": _parse_hosts, "domains": _parse_domains, "adblock": _parse_adblock}
 )
+
+
+def _pattern_problem(line: str) -> str | None:
+    """Why a `/pattern/` line cannot be used, or None."""
+    if len(line) < 3 or not line.endswith("/"):
+        return f"a name pattern is written /regex/: {_show(line)}"
+    problem = check_pattern(line[1:-1])
+    return None if problem is None else f"{problem}: {_show(line)}"
+
+
+def _pattern_line(line: str, exception: bool, number: int, sink: Sink) -> None:
+    """A `/regex/` line of a domains list (the whole line: a pattern may hold '#')."""
+    problem = _pattern_problem(line)
+    if problem is not None:
+        sink.skip(number, problem)
+    else:
+        sink.add_rule(PATTERN, line[1:-1], True, exception, number)
+
+
+def _brand_line(text: str, subtree: bool, exception: bool, number: int, sink: Sink) -> None:
+    """An `omegle.*` line of a domains list."""
+    label = brand_label(text)
+    if label is None:
+        sink.skip(number, f"a brand rule is one label before .* (like omegle.*): {_show(text)}")
+    else:
+        sink.add_rule(BRAND, label, subtree, exception, number)
 
 
 def _cut_comment(line: str) -> str:

@@ -396,7 +396,7 @@ def _sinkhole(node: _Node, p: _Problems) -> SinkholeConfig | None:
 
 
 _LIST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SUBSCRIPTION_KEYS = ("refresh", "max_bytes", "shrink_guard", "timeout")
+_SUBSCRIPTION_KEYS = ("refresh", "max_bytes", "shrink_guard", "timeout", "fallback")
 _LIST_KEYS = {"name", "path", "builtin", "url", "format", "subdomains", "category", "enabled", *_SUBSCRIPTION_KEYS}
 
 
@@ -473,6 +473,15 @@ def _subscription(keys: dict[str, _Node], key: str, p: _Problems) -> dict[str, A
         out["max_bytes"] = _size(keys["max_bytes"], f"{key}.max_bytes", p)
     if "shrink_guard" in keys:
         out["shrink_guard"] = _number(keys["shrink_guard"], f"{key}.shrink_guard", p, 0, 1)
+    if "fallback" in keys:
+        fallback = _string(keys["fallback"], f"{key}.fallback", p)
+        if fallback is not None and fallback not in builtin_list_names():
+            p.add(
+                keys["fallback"].line,
+                f"{key}.fallback",
+                f"no built-in list {fallback!r} (available: {', '.join(builtin_list_names())})",
+            )
+        out["fallback"] = fallback
     return out
 
 

@@ -120,6 +120,8 @@ class ListConfig:
     shrink_guard: float = 0.5
     #: url lists only: seconds one download attempt may take.
     timeout: float = DEFAULT_LIST_TIMEOUT
+    #: url lists only: the built-in list served until the first download succeeds (never an empty list).
+    fallback: str | None = None
 
     @property
     def source(self) -> str:

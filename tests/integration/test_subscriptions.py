@@ -443,3 +443,28 @@ def test_the_same_public_list_in_three_syntaxes_blocks_the_same_names(
     for fmt in formats:
         assert again.metric("filterd_blocklist_entries", list=f"basic-{fmt}") == 76_036
     assert [n for n in sample if not blocked(again, n)] == []
+
+
+def test_a_subscription_with_a_builtin_fallback_blocks_from_the_first_second(
+    list_server: ListServer, start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, tmp_path: Path
+) -> None:
+    """The README's subscription to the published chat-roulette list: until the first download succeeds the
+    built-in list blocks (never an empty list); then the downloaded copy, brand rules and patterns included."""
+    list_server.routes["/chat-roulette.txt"] = status(503)
+    lists = f"""          - name: chat-roulette
+            url: {list_server.url("/chat-roulette.txt")}
+            fallback: chat-roulette
+            refresh: 1s
+            timeout: 1s"""
+    server = start_filterd(config(dnsmasq, tmp_path / "state", lists))
+    assert blocked(server, "omegle.com") and blocked(server, "omegle.onl")  # the built-in names and brand rules
+    assert server.metric("filterd_blocklist_entries", list="chat-roulette") > 200
+    wait_for(lambda: refreshes(server, Result.FAILED, "chat-roulette") >= 1, "a failed download")
+    assert blocked(server, "omegle.com")  # a failed download changes nothing
+    published = b"# category: chat-roulette-video\nnewclone.example.org\nbrandnew.*\n/video-?roulette/\n"
+    list_server.serve("/chat-roulette.txt", published)
+    wait_for(lambda: refreshes(server, Result.UPDATED, "chat-roulette") >= 1, "the first good download")
+    wait_for(lambda: blocked(server, "newclone.example.org"), "the downloaded copy in use")
+    assert blocked(server, "brandnew.co.uk") and blocked(server, "www.videoroulette.example")
+    assert not blocked(server, "omegle.com")  # the download replaced the fallback
+    assert server.metric("filterd_blocklist_entries", list="chat-roulette") == 3
