@@ -433,6 +433,13 @@ def filterd_config(ctx: Ctx, port: int, with_list: bool, state: Path) -> Path:
         f'state_dir: "{state}"\n'
         f'admin:\n  listen: "{HOST}:{free_port()}"\n'
     )
+    if ctx.args.groups:  # two client groups, the benchmark's client in the second: every query is a group's
+        only = "[bench]" if with_list else "[]"
+        text += (
+            "groups:\n"
+            "  - {name: elsewhere, clients: [192.0.2.0/24, '2001:db8::/32'], lists: []}\n"
+            f"  - {{name: bench, clients: [{HOST}], lists: {only}}}\n"
+        )
     path = ctx.work / f"filterd-{'list' if with_list else 'nolist'}.yaml"
     path.write_text(text)
     return path
@@ -829,6 +836,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--python", help="a Python with filterd installed; skips the venv (and its [fast] extra)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     ap.add_argument("--upstream", choices=("auto", "nsd", "dnsmasq"), default="auto", help="auto: nsd if installed")
+    ap.add_argument("--groups", action="store_true", help="filterd with two client groups (the client in one)")
     a = ap.parse_args(argv)
     smoke = a.smoke
     a.reps = (1 if smoke else 3) if a.reps is None else a.reps

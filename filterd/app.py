@@ -13,6 +13,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -25,19 +26,26 @@ from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, list_path, load_
 from filterd.blocklists.local import LOCAL_LIST, LocalLists
 from filterd.blocklists.matcher import Match
 from filterd.blocklists.refresh import ListRefresher, open_state
+from filterd.blocklists.sources import UpstreamDnsResolver
 from filterd.blocklists.state import StateDir
 from filterd.config.load import EMBEDDED_NAME, load_config, load_embedded
 from filterd.config.resolvconf import default_upstreams
-from filterd.config.schema import Config, Endpoint
+from filterd.config.schema import Config, Endpoint, SafeSearchConfig
 from filterd.errors import ConfigError, FilterdError
-from filterd.explain import explain
+from filterd.explain import CheckError, explain
+from filterd.groups.clock import ScheduleClock
+from filterd.groups.model import Directory, Group, build_groups, find_group
+from filterd.groups.sources import DirectoryRefresher, build_directory
 from filterd.metrics import Metrics
 from filterd.pipeline.access import AccessStage
 from filterd.pipeline.base import Pipeline
+from filterd.pipeline.bypass import BypassStage, own_names
 from filterd.pipeline.cache import CacheStage, DnsCache
+from filterd.pipeline.client import ClientStage
 from filterd.pipeline.cname import CnameStage
 from filterd.pipeline.local import LocalStage
 from filterd.pipeline.policy import AllowList, PolicyStage
+from filterd.pipeline.safesearch import SafeSearchRules, SafeSearchStage, shipped_rewrites
 from filterd.pipeline.upstream import UpstreamResolver, upstreams_for
 from filterd.portholder import describe as describe_holders
 from filterd.portholder import find_holders
@@ -99,7 +107,12 @@ class Listening:
 
 class App:
     def __init__(
-        self, config: Config, *, registry: CollectorRegistry | None = None, tcp: TcpLimits | None = None
+        self,
+        config: Config,
+        *,
+        registry: CollectorRegistry | None = None,
+        tcp: TcpLimits | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.tcp_limits = tcp if tcp is not None else TcpLimits()
@@ -117,6 +130,8 @@ class App:
         self.cache: DnsCache | None = None
         self.resolver: UpstreamResolver | None = None
         self.local_stage: LocalStage | None = None
+        self.bypass: BypassStage | None = None
+        self.safe_search: SafeSearchStage | None = None
         self.local_lists = LocalLists(None)
         self.handler: QueryHandler | None = None
         self.upstreams: tuple[Endpoint, ...] = ()
@@ -124,6 +139,12 @@ class App:
         self.lists_loaded = time.time()
         self._reload_lock = asyncio.Lock()
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        #: Wall clock for schedules (injected by tests).
+        self.clock: Callable[[], float] = clock
+        self.groups: tuple[Group, ...] = ()
+        self.client_stage: ClientStage | None = None
+        self.schedule_clock: ScheduleClock | None = None
+        self.directory_refresher: DirectoryRefresher | None = None
 
     def build_pipeline(self, lists: LoadedLists, upstreams: tuple[Endpoint, ...]) -> Pipeline:
         cfg = self.config
@@ -133,10 +154,21 @@ class App:
         self.policy.on_change.append(self.cache.clear)
         self.metrics.watch_cache(self.cache)
         self.local_stage = LocalStage(dict(cfg.dns.records), forward_zones=zones)
+        self.groups = build_groups(cfg.groups, cfg.schedules)
+        self.client_stage = ClientStage(self.groups, self.client_stage.directory if self.client_stage else None)
+        self.schedule_clock = ScheduleClock(self.groups, cfg.schedules, self.policy.changed, self.clock)
+        self.schedule_clock.tick()  # the groups' rules as of now, before the first query
+        self.bypass = bypass_stage(cfg)
         self.resolver = UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics, zones=zones)
+        self.safe_search = SafeSearchStage(cfg.safe_search, self.resolver)
         stages = [
             # First: a client we do not serve learns nothing and costs nothing.
             AccessStage(cfg.dns.allow_clients),
+            # Before everything that depends on who is asking: the client's group (one memoised lookup).
+            self.client_stage,
+            # Before local, cache and policy: the bypass signals (Firefox's canary, iCloud Private Relay, DDR) must
+            # get their rcode, never a local zone's NXDOMAIN, a cached upstream answer or a list's sinkhole.
+            self.bypass,
             # Before policy: the admin's own names, localhost, and names that must never leak (RFC 6761,
             # RFC 6303) are answered here and never depend on the lists; ANY and AXFR never go out.
             self.local_stage,
@@ -145,6 +177,9 @@ class App:
             CacheStage(self.cache),
             # Before the upstream: a blocked name is never sent out.
             self.policy,
+            # After policy: a blocked search engine stays blocked. Inside the cache, which never stores its answers
+            # (they are local), so no client gets another's safe search setting; asks the resolver for the safe hosts.
+            self.safe_search,
             # Inside the cache: only answers whose CNAME chain passed the lists are cached.
             CnameStage(self.policy),
         ]
@@ -199,6 +234,7 @@ class App:
             await self.stop()
             raise StartupError("no DNS listener could be opened")
         self._start_refresher()
+        self._start_group_tasks()
         self._warn_about_sinkhole()
 
     # --- reload -----------------------------------------------------------------------------------------
@@ -247,6 +283,7 @@ class App:
             state_dir=old.state_dir,
         )
         old_resolver, old_refresher = self.resolver, self.refresher
+        old_clock, old_directory = self.schedule_clock, self.directory_refresher
         self.config, self.upstreams, self.lists = config, upstreams, lists
         pipeline = self.build_pipeline(lists, upstreams)
         assert self.resolver is not None and self.handler is not None
@@ -259,6 +296,8 @@ class App:
             await old_refresher.stop()
             self.refresher = None
         self._start_refresher()
+        await self._stop_group_tasks(old_clock, old_directory)
+        self._start_group_tasks()
         self._export_list_counts(lists.entries)
         seconds = time.monotonic() - started
         log.info("reload: done in %.2fs; pipeline: %s", seconds, pipeline.describe())
@@ -295,6 +334,34 @@ class App:
                 self.config, self.state, self.lists, self.policy, self.metrics, self.upstreams, self._snapshot_path()
             )
             self.refresher.start()
+
+    def _start_group_tasks(self) -> None:
+        """The schedule clock, and the client directory when a group names MACs or hosts (both in the background)."""
+        if self.schedule_clock is not None:
+            self.schedule_clock.start()
+        stage = self.client_stage
+        if stage is None or not self.groups:
+            self.directory_refresher = None
+            return
+        resolver = UpstreamDnsResolver(self.upstreams, self.config.dns.timeout) if self.upstreams else None
+        refresher = DirectoryRefresher(
+            self.groups,
+            stage.set_directory,
+            lambda: list(stage.seen()),
+            records=self.config.dns.records,
+            lease_files=self.config.dhcp_leases,
+            reverse=(lambda name: resolver.lookup(name, "PTR")) if resolver is not None else None,
+        )
+        self.directory_refresher = refresher if refresher.needed else None
+        if self.directory_refresher is not None:
+            stage.on_new_client = self.directory_refresher.poke
+            self.directory_refresher.start()
+
+    async def _stop_group_tasks(self, clock: ScheduleClock | None, directory: DirectoryRefresher | None) -> None:
+        if clock is not None:
+            await clock.stop()
+        if directory is not None:
+            await directory.stop()
 
     def _export_list_counts(self, entries: dict[str, int]) -> None:
         """filterd_blocklist_entries for every list, the local entries included (when there is a state_dir)."""
@@ -383,19 +450,33 @@ class App:
                 results.append(asdict(result) | {"result": str(result.result)})
         return results
 
-    def check(self, name: str) -> dict[str, Any]:
+    def check(self, name: str, client: str | None = None) -> dict[str, Any]:
         assert self.policy is not None and self.local_stage is not None
         try:
             resolver = self.resolver
+            group = self._group_of(client)
             return explain(
                 name,
                 policy=self.policy,
                 local=self.local_stage,
+                bypass=self.bypass,
+                safe_search=self.safe_search.rewrite_of if self.safe_search is not None else None,
                 upstreams_for=resolver.upstreams_for if resolver is not None else lambda _: self.upstreams,
                 list_files=self.list_files(),
+                group=group,
+                client=client,
             )
         except FilterdError as exc:
             raise AdminRequestError(400, str(exc)) from None
+
+    def _group_of(self, client: str | None) -> Group | None:
+        if client is None:
+            return None
+        try:
+            ipaddress.ip_address(client.partition("%")[0])
+        except ValueError:
+            raise AdminRequestError(400, f"client: {client!r} is not an IP address") from None
+        return self.client_stage.group_of(client) if self.client_stage is not None else None
 
     def local_change(self, action: str, name: str) -> dict[str, Any]:
         if self.state is None:
@@ -497,6 +578,8 @@ class App:
         if self.refresher is not None:
             await self.refresher.stop()
             self.refresher = None
+        await self._stop_group_tasks(self.schedule_clock, self.directory_refresher)
+        self.schedule_clock = self.directory_refresher = None
         if self.resolver is not None:
             await self.resolver.stop()
         for transport in self._transports:
@@ -516,7 +599,9 @@ class App:
             self._scratch = None
 
 
-def offline_check(config: Config, name: str) -> dict[str, Any]:
+def offline_check(
+    config: Config, name: str, client: str | None = None, clock: Callable[[], float] = time.time
+) -> dict[str, Any]:
     """`filterd check --offline`: the same decision from the config and the files, without a server (and
     without taking the state_dir lock: the stored copies and local entries are only read)."""
     state = StateDir(config.state_dir)
@@ -529,13 +614,44 @@ def offline_check(config: Config, name: str) -> dict[str, Any]:
     local_stage = LocalStage(dict(config.dns.records), forward_zones=zones)
     files = {cfg.name: path for cfg in config.lists if (path := list_path(cfg, state)) is not None}
     default = config.dns.upstreams
+    safe_search = SafeSearchRules(shipped_rewrites())
+    groups = build_groups(config.groups, config.schedules)
+    ScheduleClock(groups, config.schedules, lambda: None, clock).tick()
+    group = None
+    if client is not None:
+        try:
+            group = find_group(groups, client, Directory(names=_record_names(config)))
+        except ValueError:
+            raise CheckError(f"--client: {client!r} is not an IP address") from None
     return explain(
         name,
         policy=policy,
         local=local_stage,
+        bypass=bypass_stage(config),
+        safe_search=lambda qname: safe_search.lookup(qname, _safe_search_of(config, group)),
         upstreams_for=lambda qname: upstreams_for(qname, zones, default),
         list_files=files,
+        group=group,
+        client=client,
     )
+
+
+def _safe_search_of(config: Config, group: Group | None) -> SafeSearchConfig:
+    """A group's own safe search setting, else the top-level one."""
+    if group is not None and group.config.safe_search is not None:
+        return group.config.safe_search
+    return config.safe_search
+
+
+def _record_names(config: Config) -> dict[str, frozenset[str]]:
+    """Names from dns.records only (offline: no neighbour table, leases or reverse lookups are read)."""
+    return dict(build_directory({}, config.dns.records, (), {}).names)
+
+
+def bypass_stage(config: Config) -> BypassStage:
+    """`bypass_protection`, with `_dns.NAME` for the `dns.records` names of filterd's own listen addresses."""
+    own = own_names(dict(config.dns.records), (ep.host for ep in config.dns.listen))
+    return BypassStage(config.blocking.ttl, own, enabled=config.bypass_protection)
 
 
 def ensure_token(path: Path) -> str:

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_name = sub.add_parser("check", parents=[common], help="what filterd does with a name, and why")
     check_name.add_argument("name")
     check_name.add_argument("--offline", action="store_true", help="decide from the config and files, no server")
+    check_name.add_argument("--client", metavar="IP", help="as asked by this client: its group and schedules")
 
     for action, text in (
         ("block", "block a name and everything under it, on this instance (kept across restarts)"),
@@ -229,9 +230,10 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     if args.offline:
-        result = offline_check(load(args.config), args.name)
+        result = offline_check(load(args.config), args.name, args.client)
     else:
-        result = _client(args).get("/api/check", name=args.name)
+        params = {"name": args.name} | ({"client": args.client} if args.client else {})
+        result = _client(args).get("/api/check", **params)
     if args.json:
         _print_json(result)
     else:

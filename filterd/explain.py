@@ -1,7 +1,7 @@
 """`filterd check NAME`: what filterd does with a name, and why, in words and as data.
 
-The same lookups the DNS side makes (LocalStage, then PolicyStage.decide's steps one by one), so the answer
-can never differ from what a client gets. The matching line is quoted from the list file itself.
+The same lookups the DNS side makes (BypassStage, LocalStage, then PolicyStage.decide's steps one by one), so
+the answer can never differ from what a client gets. The matching line is quoted from the list file itself.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from filterd.blocklists.local import LOCAL_LIST
 from filterd.blocklists.parse import normalize_name
 from filterd.config.schema import Endpoint
 from filterd.errors import FilterdError
+from filterd.groups.model import Group
+from filterd.pipeline.bypass import BYPASS_LIST, BypassStage
 from filterd.pipeline.local import LocalStage
-from filterd.pipeline.policy import PolicyStage
+from filterd.pipeline.policy import GROUP_CATEGORY, SCHEDULE_CATEGORY, PolicyStage
+from filterd.pipeline.safesearch import Rewrite
 
 
 class CheckError(FilterdError):
@@ -28,16 +31,44 @@ def explain(
     *,
     policy: PolicyStage,
     local: LocalStage,
+    bypass: BypassStage | None = None,
+    safe_search: Callable[[str], Rewrite | None] | None = None,
     upstreams_for: Callable[[str], Sequence[Endpoint]],
     list_files: Mapping[str, Path],
+    group: Group | None = None,
+    client: str | None = None,
 ) -> dict[str, Any]:
     normal = normalize_name(name)
     if normal is None:
         raise CheckError(f"{name!r} is not a valid domain name")
     out: dict[str, Any] = {"name": normal}
+    if client is not None:
+        # who asks: the group (first match in config order) and the schedules open for it now
+        out |= {
+            "client": client,
+            "group": group.name if group else None,
+            "schedules": sorted(group.active) if group else [],
+        }
+    signal = bypass.explain(normal) if bypass is not None and bypass.enabled_for(group) else None
+    if signal is not None:
+        return out | {
+            "decision": "blocked",
+            "list": BYPASS_LIST,
+            "entry": signal.name,
+            "reason": f"blocked by bypass protection: {signal.why} (`bypass_protection: false` turns it off)",
+        }
     reason = local.explain(normal)
     if reason is not None:
         return out | {"decision": "local", "reason": reason}
+    rewrite = safe_search(normal) if safe_search is not None and policy.decide(normal) is None else None
+    if rewrite is not None:  # after policy, as on DNS: a blocked name stays blocked, an allowed one is rewritten
+        return out | {
+            "decision": "rewritten",
+            "provider": rewrite.provider,
+            "target": rewrite.target,
+            "type": rewrite.kind,
+            "reason": f"{rewrite.explain()} (`safe_search`)",
+        }
     allowed = policy.allow.covers(normal)
     if allowed is not None:
         return out | {
@@ -61,7 +92,23 @@ def explain(
             "category": LOCAL_LIST,
             "reason": f"blocked by the local entry {mine.entry} (`filterd block`)",
         }
-    match = policy.matcher.match(normal)
+    if group is not None and group.allows(normal) is not None:
+        entry = group.allows(normal)
+        return out | {
+            "decision": "allowed",
+            "entry": entry,
+            "reason": f"allowed by group {group.name}'s allow entry {entry}",
+        }
+    match = policy.decide(normal, group) if group is not None else policy.matcher.match(normal)
+    if match is not None and match.category in (GROUP_CATEGORY, SCHEDULE_CATEGORY):
+        assert group is not None
+        why = (
+            f"blocked by group {group.name}'s own block entry {match.entry}"
+            if match.category == GROUP_CATEGORY
+            else f"blocked by the schedule {', '.join(sorted(group.active))} of group {group.name} (block: all)"
+        )
+        return out | {"decision": "blocked", "list": match.list, "entry": match.entry, "category": match.category,
+                      "reason": why}  # fmt: skip
     if match is not None:
         path = list_files.get(match.list)
         text = quote_line(path, match.line) if path is not None else None
@@ -85,7 +132,7 @@ def explain(
     return out | {
         "decision": "forwarded",
         "upstreams": [str(u) for u in upstreams],
-        "reason": f"not blocked: forwarded to {to}",
+        "reason": f"not blocked: forwarded to {to}" + (f" (client group {group.name})" if group else ""),
     }
 
 

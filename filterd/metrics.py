@@ -19,19 +19,20 @@ from filterd.dns.wire import qtype_label
 
 
 class QueryCounter(Collector):
-    """filterd_queries_total{protocol,qtype,decision}, counted with one dict update per query."""
+    """filterd_queries_total{protocol,qtype,decision,group}, counted with one dict update per query. `group` is a
+    configured client group's name or "default" (no group): bounded by the config."""
 
     def __init__(self) -> None:
-        self.counts: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.counts: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
 
-    def count(self, protocol: str, qtype: int, decision: str) -> None:
-        self.counts[(protocol, qtype_label(qtype), decision)] += 1
+    def count(self, protocol: str, qtype: int, decision: str, group: str = "default") -> None:
+        self.counts[(protocol, qtype_label(qtype), decision, group)] += 1
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "filterd_queries",
-            "DNS queries answered, by protocol, query type and decision.",
-            labels=["protocol", "qtype", "decision"],
+            "DNS queries answered, by protocol, query type, decision and client group.",
+            labels=["protocol", "qtype", "decision", "group"],
         )
         for labels, value in sorted(self.counts.items()):
             family.add_metric(list(labels), value)

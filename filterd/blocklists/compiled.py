@@ -301,6 +301,7 @@ class CompiledMatcher:
         #: None when the lists have no brand rules or patterns: a miss then costs nothing more
         self.rules: RuleSet | None = None if rules.empty else rules
         self._no_fallbacks = [""] * len(self._lists)
+        self._index_memo: dict[frozenset[str], frozenset[int]] = {}
 
     @property
     def fingerprint(self) -> str:
@@ -315,8 +316,9 @@ class CompiledMatcher:
     def entry_counts(self) -> dict[str, int]:
         return dict(zip(self._lists, self.meta["counts"], strict=True))
 
-    def match(self, qname: str) -> Match | None:
-        """The first list (in order) that blocks `qname`, its own exceptions considered (see matcher.py).
+    def match(self, qname: str, lists: frozenset[str] | None = None) -> Match | None:
+        """The first list (in order; only those named in `lists` when given: a client group's) that blocks
+        `qname`, its own exceptions considered (see matcher.py).
 
         The hot path: one hash and (usually) one probe per label; nothing is allocated unless a level hits."""
         hashes = self._hashes
@@ -342,23 +344,38 @@ class CompiledMatcher:
                 break
             name = name[dot + 1 :]
             exact = False
+        allowed = None if lists is None else self._indexes(lists)
         if hits is None:
             if self.rules is None:
                 return None
             excepted = None
         else:
-            found, excepted = self._decide(hits)
+            found, excepted = self._decide(hits, allowed)
             if found is not None or self.rules is None:
                 return found
-        hit = self.rules.match(qname, excepted)
+        hit = self.rules.match(qname, excepted, allowed)
         return None if hit is None else rule_match(hit, self._lists, self._no_fallbacks)
 
-    def _decide(self, hits: list[tuple[str, bool, int]]) -> tuple[Match | None, set[int]]:
+    def _indexes(self, lists: frozenset[str]) -> frozenset[int]:
+        """The indexes of the named lists (memoised: a group's set of lists is the same object every query)."""
+        found = self._index_memo.get(lists)
+        if found is None:
+            found = frozenset(i for i, name in enumerate(self._lists) if name in lists)
+            if len(self._index_memo) > 256:
+                self._index_memo.clear()
+            self._index_memo[lists] = found
+        return found
+
+    def _decide(
+        self, hits: list[tuple[str, bool, int]], allowed: frozenset[int] | None = None
+    ) -> tuple[Match | None, set[int]]:
         best: dict[int, tuple[str, int]] = {}  # list index -> (most specific matching name, value)
         excepted: set[int] = set()
         for name, exact, value in hits:
             kind = value & 3
             list_index = (value >> _KIND_BITS) & 0xFF
+            if allowed is not None and list_index not in allowed:
+                continue
             if kind & _EXCEPTION:
                 if exact or kind & _SUBTREE:
                     excepted.add(list_index)

@@ -55,7 +55,7 @@ class Match:
 class BlockIndex(Protocol):
     """What the policy needs of the lists: `Matcher` (in memory) or `CompiledMatcher` (a mapped snapshot)."""
 
-    def match(self, qname: str) -> Match | None: ...
+    def match(self, qname: str, lists: frozenset[str] | None = None) -> Match | None: ...
 
     def entry_counts(self) -> dict[str, int]: ...
 
@@ -113,16 +113,18 @@ class Matcher:
         """List name -> number of distinct block entries (exceptions and duplicates not counted)."""
         return dict(zip(self._lists, self._counts, strict=True))
 
-    def match(self, qname: str) -> Match | None:
-        """The first list (in order) whose listed names block `qname` (lower-case, no trailing dot), and its
-        entry; only when no listed name blocks it, the first list whose brand rule or pattern does."""
-        found, excepted = self._match_names(qname)
+    def match(self, qname: str, lists: frozenset[str] | None = None) -> Match | None:
+        """The first list (in order; only those named in `lists` when given) whose listed names block `qname`
+        (lower-case, no trailing dot), and its entry; only when no listed name blocks it, the first list whose
+        brand rule or pattern does."""
+        allowed = None if lists is None else frozenset(i for i, n in enumerate(self._lists) if n in lists)
+        found, excepted = self._match_names(qname, allowed)
         if found is not None or self._rules is None:
             return found
-        hit = self._rules.match(qname, excepted)
+        hit = self._rules.match(qname, excepted, allowed)
         return None if hit is None else rule_match(hit, self._lists, self._fallbacks)
 
-    def _match_names(self, qname: str) -> tuple[Match | None, set[int] | None]:
+    def _match_names(self, qname: str, allowed: frozenset[int] | None) -> tuple[Match | None, set[int] | None]:
         """The listed names' decision, and the lists whose exceptions covered `qname` (for the rules)."""
         records = self._records
         found = records.get(qname)
@@ -138,10 +140,16 @@ class Matcher:
             dot = qname.find(".", dot + 1)
         if hits is None:
             return None, None
-        return self._decide(qname, hits)
+        return self._decide(qname, hits, allowed)
 
-    def _decide(self, qname: str, hits: list[tuple[str, _Record]]) -> tuple[Match | None, set[int] | None]:
+    def _decide(
+        self, qname: str, hits: list[tuple[str, _Record]], allowed: frozenset[int] | None
+    ) -> tuple[Match | None, set[int] | None]:
         """Resolve the levels that had entries (most specific first) into the winning list's Match."""
+        if allowed is not None:
+            hits = [(name, kept) for name, record in hits if (kept := _only(record, allowed)) is not None]
+            if not hits:
+                return None, None
         if len(hits) == 1:
             name, record = hits[0]
             if isinstance(record, int):  # the usual hit: one entry of one list
@@ -178,6 +186,16 @@ class Matcher:
             category=self._categories[(item >> _CAT_SHIFT) & _INDEX_MASK],
             subtree=bool(item & _SUBTREE),
         )
+
+
+def _only(record: _Record, allowed: frozenset[int]) -> _Record | None:
+    """The items of `record` that belong to the `allowed` lists (None when none does)."""
+    items = [
+        i for i in ((record,) if isinstance(record, int) else record) if (i >> _LIST_SHIFT) & _INDEX_MASK in allowed
+    ]
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else tuple(items)
 
 
 def rule_match(hit: RuleHit, lists: Sequence[str], fallbacks: Sequence[str]) -> Match:

@@ -223,9 +223,9 @@ def _single_char(body: Any) -> bool:
 class RuleSet:
     """The brand rules and patterns of every list, matched together; immutable once built.
 
-    `match(qname, excepted)` returns the winning hit: the first list (in order) with a matching rule that is
-    not excepted, by that list's own exception rules or by `excepted` (lists whose listed names made an
-    exception for this name).
+    `match(qname, excepted, allowed)` returns the winning hit: the first list (in order, among `allowed` when
+    given) with a matching rule that is not excepted, by that list's own exception rules or by `excepted`
+    (lists whose listed names made an exception for this name).
     """
 
     __slots__ = (
@@ -280,8 +280,12 @@ class RuleSet:
             out[hit.list_index] = out.get(hit.list_index, 0) + 1
         return out
 
-    def match(self, qname: str, excepted: set[int] | None = None) -> RuleHit | None:
+    def match(
+        self, qname: str, excepted: set[int] | None = None, allowed: frozenset[int] | None = None
+    ) -> RuleHit | None:
         """The winning block rule for `qname` (lower case, no trailing dot), or None."""
+        if not qname.isascii():  # names off the wire are ASCII (other bytes are \DDD escaped): nothing to match
+            return None
         hits = self._brand_hits(qname, self._brands) if self._brands else []
         if self._any is not None and self._any.search(qname) is not None:
             hits.extend(hit for hit, pattern in self._patterns if pattern.search(qname) is not None)
@@ -293,7 +297,7 @@ class RuleSet:
             blocked.update(hit.list_index for hit in self._exception_hits(qname))
         best: RuleHit | None = None
         for hit in hits:
-            if blocked and hit.list_index in blocked:
+            if (blocked and hit.list_index in blocked) or (allowed is not None and hit.list_index not in allowed):
                 continue
             if best is None or (hit.list_index, hit.rule.line) < (best.list_index, best.rule.line):
                 best = hit

@@ -34,13 +34,17 @@ from filterd.config.schema import (
     Config,
     DnsConfig,
     Endpoint,
+    GroupConfig,
     HelpItem,
     IPAddress,
     IPNetwork,
     ListConfig,
     ListFormat,
     MetricsConfig,
+    SafeSearchConfig,
+    ScheduleConfig,
     SinkholeConfig,
+    YoutubeRestriction,
 )
 from filterd.config.units import format_size, parse_size
 from filterd.errors import ConfigError
@@ -718,7 +722,46 @@ def _admin(node: _Node, p: _Problems, base_dir: Path, state_dir: Path | None) ->
     return AdminConfig(listen=listen, token_file=token_file, allow_remote=allow_remote)
 
 
-_TOP_KEYS = {"dns", "blocking", "cache", "lists", "allow", "metrics", "blockpage", "admin", "state_dir"}
+_SAFE_SEARCH_KEYS = {f.name for f in dataclasses.fields(SafeSearchConfig)}
+
+
+def _safe_search(node: _Node, key: str, p: _Problems) -> SafeSearchConfig | None:
+    """`true`, `false`, or a mapping of switches (`{youtube: moderate, bing: false}`): a mapping turns safe search
+    on unless it says `enabled: false`. Empty (`safe_search:`) is off. `key` is the dotted key for messages."""
+    if node.value is None or isinstance(node.value, bool):
+        return SafeSearchConfig(enabled=bool(node.value))
+    if not isinstance(node.value, dict):
+        p.add(node.line, key, f"must be true, false or a mapping such as {{youtube: moderate}}, not {node.value!r}")
+        return None
+    before = len(p.items)
+    keys = _mapping(node, key, _SAFE_SEARCH_KEYS, p) or {}
+    values: dict[str, Any] = {"enabled": True}
+    for name, child in keys.items():
+        if name == "youtube" and isinstance(child.value, bool):  # `youtube: true` is strict; false (or off) is off
+            values[name] = YoutubeRestriction.STRICT if child.value else YoutubeRestriction.OFF
+        elif name == "youtube":
+            values[name] = _choice(child, f"{key}.youtube", p, YoutubeRestriction)
+        elif name in _SAFE_SEARCH_KEYS:
+            values[name] = _boolean(child, f"{key}.{name}", p)
+    return None if len(p.items) > before else SafeSearchConfig(**values)
+
+
+_TOP_KEYS = {
+    "dns",
+    "blocking",
+    "cache",
+    "lists",
+    "allow",
+    "bypass_protection",
+    "safe_search",
+    "metrics",
+    "blockpage",
+    "admin",
+    "state_dir",
+    "groups",
+    "schedules",
+    "dhcp_leases",
+}
 
 
 def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config:
@@ -743,6 +786,10 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     cache = _cache(keys["cache"], p) if "cache" in keys else CacheConfig()
     lists = _lists(keys["lists"], p, base) if "lists" in keys else DEFAULT_LISTS
     allow = _allow(keys["allow"], p) if "allow" in keys else ()
+    bypass: bool | None = True
+    if "bypass_protection" in keys:
+        bypass = _boolean(keys["bypass_protection"], "bypass_protection", p)
+    safe_search = _safe_search(keys["safe_search"], "safe_search", p) if "safe_search" in keys else SafeSearchConfig()
     metrics = _metrics(keys["metrics"], p) if "metrics" in keys and keys["metrics"].value is not None else None
     blockpage = None
     if "blockpage" in keys and keys["blockpage"].value is not None:
@@ -751,19 +798,31 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     admin = None
     if "admin" in keys and keys["admin"].value is not None:
         admin = _admin(keys["admin"], p, base, state_dir)
+    schedules = _schedules(keys["schedules"], p) if "schedules" in keys else ()
+    groups = _groups(keys["groups"], p) if "groups" in keys and keys["groups"].value is not None else ()
+    dhcp_leases = _dhcp_leases(keys["dhcp_leases"], p, base) if "dhcp_leases" in keys else ()
+    if groups is not None and schedules is not None and lists is not None:
+        _check_groups(keys, groups, schedules, lists, p)
     if p.items or dns is None or blocking is None or cache is None or lists is None or allow is None:
         raise ConfigError(p.items)
-    assert state_dir is not None  # a bad one is in p.items
+    assert groups is not None and schedules is not None and dhcp_leases is not None  # else p.items
+    assert state_dir is not None and bypass is not None  # a bad one is in p.items
+    assert safe_search is not None  # likewise
     return Config(
         dns=dns,
         blocking=blocking,
         cache=cache,
         lists=lists,
         allow=allow,
+        bypass_protection=bypass,
+        safe_search=safe_search,
         metrics=metrics,
         blockpage=blockpage,
         admin=admin,
         state_dir=state_dir,
+        groups=groups,
+        schedules=schedules,
+        dhcp_leases=dhcp_leases,
         source=source,
     )
 
@@ -792,3 +851,171 @@ def builtin_list_names() -> list[str]:
     from filterd.blocklists.builtin import builtin_names
 
     return builtin_names()
+
+
+# --- client groups and schedules ------------------------------------------------------------------------
+
+_GROUP_KEYS = {"name", "clients", "lists", "block", "allow", "safe_search", "schedules", "bypass_protection"}
+_SCHEDULE_KEYS = {"when", "block", "timezone"}
+
+
+def _names_list(node: _Node, key: str, p: _Problems) -> tuple[str, ...] | None:
+    """A list of domain names (each with everything under it), normalised."""
+
+    def name(n: _Node, k: str) -> str | None:
+        text = _string(n, k, p)
+        return None if text is None else _zone_name(n, k, text.removeprefix("*."), p)
+
+    return _items(node, key, p, name)
+
+
+def _schedules(node: _Node, p: _Problems) -> tuple[ScheduleConfig, ...] | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from filterd.groups.schedule import parse_window
+
+    if not isinstance(node.value, dict):
+        p.add(node.line, "schedules", "must map schedule names to {when: [...], block: ...}")
+        return None
+    out: list[ScheduleConfig] = []
+    for name, child in node.value.items():
+        key = f"schedules.{name}"
+        if not _LIST_NAME_RE.match(str(name)):
+            p.add(child.line, key, "a schedule's name must be letters, digits, '-', '_' or '.'")
+            continue
+        keys = _mapping(child, key, _SCHEDULE_KEYS, p)
+        if keys is None:
+            continue
+        if "when" not in keys:
+            p.add(child.line, key, "needs when: a list of windows like 'mon-fri 21:00-07:00'")
+            continue
+        windows = []
+        items = _sequence(keys["when"], f"{key}.when", p) or []
+        for i, item in enumerate(items):
+            text = _string(item, f"{key}.when[{i}]", p)
+            if text is None:
+                continue
+            try:
+                windows.append(parse_window(text))
+            except ValueError as exc:
+                p.add(item.line, f"{key}.when[{i}]", str(exc))
+        block_all, lists = True, tuple[str, ...]()
+        if "block" in keys:
+            block = keys["block"]
+            if block.value == "all":
+                block_all = True
+            else:
+                names = _items(block, f"{key}.block", p, lambda n, k: _string(n, k, p))
+                block_all, lists = False, names or ()
+        timezone = _string(keys["timezone"], f"{key}.timezone", p) if "timezone" in keys else None
+        if timezone is not None:
+            try:
+                ZoneInfo(timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                p.add(keys["timezone"].line, f"{key}.timezone", f"{timezone!r} is not a time zone (e.g. Europe/London)")
+        if not items:
+            p.add(keys["when"].line, f"{key}.when", "needs at least one window")
+        out.append(ScheduleConfig(str(name), tuple(windows), block_all, tuple(lists), timezone))
+    return tuple(out)
+
+
+def _client_item(node: _Node, key: str, p: _Problems) -> str | None:
+    from filterd.groups.model import parse_client
+
+    text = node.value if isinstance(node.value, str) else None
+    if text is None and node.value is not None and not isinstance(node.value, (dict, list)):
+        text = str(node.value)  # a bare YAML number would not be a client, but say so below
+    if text is None:
+        p.add(node.line, key, "must be an IP address, a network, a MAC address or a host name")
+        return None
+    try:
+        parse_client(text)
+    except ValueError as exc:
+        p.add(node.line, key, str(exc))
+        return None
+    return text.strip()
+
+
+def _group(node: _Node, key: str, p: _Problems) -> GroupConfig | None:
+    keys = _mapping(node, key, _GROUP_KEYS, p)
+    if keys is None:
+        return None
+    before = len(p.items)
+    name = _string(keys["name"], f"{key}.name", p) if "name" in keys else None
+    if "name" not in keys:
+        p.add(node.line, f"{key}.name", "is required")
+    elif name is not None and not _LIST_NAME_RE.match(name):
+        p.add(keys["name"].line, f"{key}.name", f"{name!r} must be letters, digits, '-', '_' or '.' (at most 64)")
+    clients: tuple[str, ...] | None = ()
+    if "clients" not in keys:
+        p.add(node.line, f"{key}.clients", "is required: the IP addresses, networks, MACs or names in this group")
+    else:
+        clients = _items(keys["clients"], f"{key}.clients", p, lambda n, k: _client_item(n, k, p))
+    lists = _items(keys["lists"], f"{key}.lists", p, lambda n, k: _string(n, k, p)) if "lists" in keys else None
+    block = _names_list(keys["block"], f"{key}.block", p) if "block" in keys else ()
+    allow = _names_list(keys["allow"], f"{key}.allow", p) if "allow" in keys else ()
+    schedules = (
+        _items(keys["schedules"], f"{key}.schedules", p, lambda n, k: _string(n, k, p)) if "schedules" in keys else ()
+    )
+    bypass = _boolean(keys["bypass_protection"], f"{key}.bypass_protection", p) if "bypass_protection" in keys else None
+    safe_search = _safe_search(keys["safe_search"], f"{key}.safe_search", p) if "safe_search" in keys else None
+    if len(p.items) > before or name is None or clients is None or block is None or allow is None:
+        return None
+    return GroupConfig(
+        name=name,
+        clients=clients,
+        lists=lists,
+        block=block,
+        allow=allow,
+        schedules=schedules or (),
+        bypass_protection=bypass,
+        safe_search=safe_search,
+    )
+
+
+def _groups(node: _Node, p: _Problems) -> tuple[GroupConfig, ...] | None:
+    return _items(node, "groups", p, lambda n, k: _group(n, k, p))
+
+
+def _check_groups(
+    keys: dict[str, _Node],
+    groups: tuple[GroupConfig, ...],
+    schedules: tuple[ScheduleConfig, ...],
+    lists: tuple[ListConfig, ...],
+    p: _Problems,
+) -> None:
+    """What a group or schedule names must exist: lists, schedules; names unique."""
+    list_names = {cfg.name for cfg in lists}
+    schedule_names = {s.name for s in schedules}
+    seen: set[str] = set()
+    group_nodes = keys["groups"].value if "groups" in keys and isinstance(keys["groups"].value, list) else []
+    for i, group in enumerate(groups):
+        line = group_nodes[i].line if i < len(group_nodes) else 1
+        if group.name in seen:
+            p.add(line, f"groups[{i}].name", f"{group.name!r} is used by another group already")
+        seen.add(group.name)
+        for name in group.lists or ():
+            if name not in list_names:
+                p.add(
+                    line, f"groups[{i}].lists", f"no list named {name!r} (configured: {', '.join(sorted(list_names))})"
+                )
+        for name in group.schedules:
+            if name not in schedule_names:
+                known = ", ".join(sorted(schedule_names)) or "none"
+                p.add(line, f"groups[{i}].schedules", f"no schedule named {name!r} (defined: {known})")
+    schedule_node = keys.get("schedules")
+    for schedule in schedules:
+        for name in schedule.lists:
+            if name not in list_names:
+                where = schedule_node.value[schedule.name].line if schedule_node is not None else 1
+                p.add(
+                    where,
+                    f"schedules.{schedule.name}.block",
+                    f"no list named {name!r} (configured: {', '.join(sorted(list_names))}); or write block: all",
+                )
+
+
+def _dhcp_leases(node: _Node, p: _Problems, base_dir: Path) -> tuple[Path, ...] | None:
+    items = node if isinstance(node.value, list) else _Node([node], node.line)
+    paths = _items(items, "dhcp_leases", p, lambda n, k: _string(n, k, p))
+    return None if paths is None else tuple(base_dir / Path(text).expanduser() for text in paths)

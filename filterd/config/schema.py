@@ -146,6 +146,29 @@ class CacheConfig:
     stale_max: int = 86400
 
 
+class YoutubeRestriction(enum.StrEnum):
+    """YouTube's Restricted Mode by DNS (Google Workspace help 6214622): strict hides more than moderate."""
+
+    STRICT = "strict"
+    MODERATE = "moderate"
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class SafeSearchConfig:
+    """`safe_search`: the search and video hosts answered with the providers' safe endpoints
+    (`filterd/data/safesearch.tsv`). `true` is `{enabled: true}`; each provider can be switched off."""
+
+    enabled: bool = False
+    google: bool = True
+    youtube: YoutubeRestriction = YoutubeRestriction.STRICT
+    bing: bool = True
+    duckduckgo: bool = True
+    ecosia: bool = True
+    pixabay: bool = True
+    yandex: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: Endpoint
@@ -262,6 +285,11 @@ class Config:
     lists: tuple[ListConfig, ...] = DEFAULT_LISTS
     #: Names never blocked, with everything under them (the only exception across lists).
     allow: tuple[str, ...] = ()
+    #: Firefox's DoH canary and iCloud Private Relay get NXDOMAIN, DDR (`_dns.resolver.arpa`) NODATA, so
+    #: devices keep using filterd (`pipeline/bypass.py`); false forwards those names as any other.
+    bypass_protection: bool = True
+    #: Off by default; per provider (`pipeline/safesearch.py`).
+    safe_search: SafeSearchConfig = field(default_factory=SafeSearchConfig)
     #: None: the listener is off.
     metrics: MetricsConfig | None = None
     #: None: the block page is off.
@@ -271,5 +299,55 @@ class Config:
     #: Downloaded copies of `url` lists, local block/allow entries, the admin token, the compiled lists;
     #: used (and locked) when a url list is enabled or the admin API is on.
     state_dir: Path = DEFAULT_STATE_DIR
+    #: Client groups, tried in order: the first whose `clients` match a query's client sets its rules; a client
+    #: in no group gets the top-level rules.
+    groups: tuple[GroupConfig, ...] = ()
+    #: Named time windows that groups switch on (`groups[].schedules`).
+    schedules: tuple[ScheduleConfig, ...] = ()
+    #: DHCP lease files (dnsmasq or Kea CSV) that name clients for `groups[].clients` names and MACs.
+    dhcp_leases: tuple[Path, ...] = ()
     #: Where the config came from ("<embedded default>" or a path), for messages.
     source: str = "<embedded default>"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One weekly time window: it starts on each of `days` (0 = Monday) at `start` and lasts until `end`
+    (minutes after midnight, local time); an `end` at or before `start` ends the next day."""
+
+    days: frozenset[int]
+    start: int
+    end: int
+    #: As written, for messages and `filterd check`: "mon-thu,sun 21:00-07:00"
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """A named set of weekly windows; while one is open, the groups that use it block `lists` (list names) or,
+    with `block_all`, everything but their allow entries and the names a device needs to stay healthy."""
+
+    name: str
+    when: tuple[Window, ...]
+    block_all: bool = False
+    lists: tuple[str, ...] = ()
+    #: An IANA zone name; None: the system's zone.
+    timezone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """Clients with their own rules: `lists` (names of configured lists; None: every list), their own
+    `block` and `allow` entries, schedules, and the bypass protection and safe search settings."""
+
+    name: str
+    #: IP addresses, CIDR networks (IPv4, IPv6), MAC addresses (aa:bb:cc:dd:ee:ff) and names, as written.
+    clients: tuple[str, ...]
+    lists: tuple[str, ...] | None = None
+    block: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+    schedules: tuple[str, ...] = ()
+    #: None: the top-level setting.
+    bypass_protection: bool | None = None
+    #: None: the top-level setting.
+    safe_search: SafeSearchConfig | None = None

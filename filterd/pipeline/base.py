@@ -19,6 +19,7 @@ from typing import Protocol
 
 from filterd.dns.response import Response
 from filterd.dns.wire import Question
+from filterd.groups.model import Group
 
 
 class Decision(enum.StrEnum):
@@ -38,6 +39,8 @@ class Query:
     question: Question
     client_ip: str
     protocol: str  # "udp" | "tcp"
+    #: The client's group (set by the client stage); None: the top-level rules.
+    group: Group | None = None
 
 
 @dataclass(frozen=True, slots=True)

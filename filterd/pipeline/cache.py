@@ -1,6 +1,6 @@
 """CacheStage: answers repeated questions from memory, synchronously, with TTLs counting down.
 
-Keyed by (name, type, class, DO, CD); names are lower-cased, and each client gets its own question bytes
+Keyed by (name, type, class, DO, CD, client group); names are lower-cased, and each client gets its own question bytes
 back (0x20 case randomisation still matches). Positive answers live for their smallest TTL, negative ones
 for the SOA's (RFC 2308; none without an SOA), SERVFAIL at most 5 s (RFC 9520); TC, FORMERR and REFUSED are
 never stored. All TTLs are clamped to [min_ttl, max_ttl]. Least recently used entries are evicted.
@@ -21,15 +21,25 @@ from dataclasses import dataclass
 
 from filterd.dns import wire
 from filterd.dns.response import Response, cache_ttl, render
+from filterd.groups.model import Group
 from filterd.pipeline.base import SERVFAIL_REASON, Answer, CallNext, Decision, PassThrough, Query
 
-CacheKey = tuple[str, int, int, bool, bool]
+#: (name, type, class, DO, CD, the client's group index: 0 for no group). A group sees only answers that passed
+#: its own rules; a schedule opening or closing clears the cache (the policy's on_change).
+CacheKey = tuple[str, int, int, bool, bool, int]
 STALE_TTL = 30
 SERVFAIL_TTL = 5
 
 
-def cache_key(q: wire.Question) -> CacheKey:
-    return (q.qname, q.qtype, q.qclass, q.edns is not None and q.edns.do, bool(q.flags & wire.CD))
+def cache_key(q: wire.Question, group: Group | None = None) -> CacheKey:
+    return (
+        q.qname,
+        q.qtype,
+        q.qclass,
+        q.edns is not None and q.edns.do,
+        bool(q.flags & wire.CD),
+        0 if group is None else group.index,
+    )
 
 
 @dataclass(slots=True)
@@ -125,7 +135,7 @@ class CacheStage(PassThrough):
 
     def answer_now(self, query: Query) -> Answer | None:
         cache = self.cache
-        key = cache_key(query.question)
+        key = cache_key(query.question, query.group)
         found = cache.get(key)
         if found is None:
             if cache.recently_failed(key):
@@ -142,7 +152,7 @@ class CacheStage(PassThrough):
         cache.misses += 1
         generation = cache.generation
         answer = await call_next(query)
-        key = cache_key(query.question)
+        key = cache_key(query.question, query.group)
         if answer.decision is Decision.FORWARDED and answer.response is not None:
             if generation != cache.generation:
                 return answer  # the lists changed while this was forwarded: it passed the old ones only

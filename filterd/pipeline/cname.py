@@ -19,8 +19,8 @@ class CnameStage(PassThrough):
         if answer.response is None or not answer.response.cnames:
             return answer
         for target in answer.response.cnames:
-            match = self.policy.decide(target)
+            match = self.policy.decide(target, query.group)
             if match is not None:
-                reply = self.policy.replies.reply(query.question, match.entry, match.list)
+                reply = self.policy.reply(query, match)
                 return Answer(reply, Decision.BLOCKED, f"{match.list} (CNAME {target})")
         return answer

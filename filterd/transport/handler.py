@@ -54,7 +54,8 @@ class QueryHandler:
 
     def finish(self, answer: Answer, query: Query) -> bytes:
         q = query.question
-        self.metrics.queries.count(query.protocol, q.qtype, answer.decision)
+        group = query.group
+        self.metrics.queries.count(query.protocol, q.qtype, answer.decision, "default" if group is None else group.name)
         reply = answer.wire
         if query.protocol == "udp" and len(reply) > q.max_udp:
             reply = wire.truncate(reply, len(q.question), q.edns)

@@ -27,7 +27,7 @@ class AdminBackend(Protocol):
 
     async def update_lists(self, names: list[str], force: bool) -> list[dict[str, Any]]: ...
 
-    def check(self, name: str) -> dict[str, Any]: ...
+    def check(self, name: str, client: str | None = None) -> dict[str, Any]: ...
 
     def local_change(self, action: str, name: str) -> dict[str, Any]: ...
 
@@ -90,7 +90,8 @@ def admin_app(backend: AdminBackend, token: str) -> web.Application:
         return _json(await backend.update_lists(names, bool(data.get("force", False))))
 
     async def check(request: web.Request) -> web.Response:
-        return _json(backend.check(name_of(dict(request.query))))
+        query = dict(request.query)
+        return _json(backend.check(name_of(query), query.get("client") or None))
 
     def local(action: str) -> Handler:
         async def change(request: web.Request) -> web.Response:

@@ -48,7 +48,7 @@ def test_serve_answers_and_stops_cleanly(tmp_path: Path, dnsmasq: Dnsmasq, optio
             proc.kill()
     assert proc.returncode == 0, err
     assert f"dns: listening on 127.0.0.1:{port} (udp, tcp)" in err
-    assert "pipeline: access → local → cache → policy → cname → upstream" in err
+    assert "pipeline: access → client → bypass → local → cache → policy → safesearch → cname → upstream" in err
     assert "stopping" in err
 
 

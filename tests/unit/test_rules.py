@@ -217,3 +217,31 @@ def test_the_backtracking_proof_refuses_dangerous_patterns(pattern: str) -> None
 def test_the_backtracking_proof_accepts_the_patterns_lists_are_made_of(pattern: str) -> None:
     assert backtrack_bound(pattern) is None
     assert check_pattern(pattern) is None
+
+
+def test_the_shipped_patterns_run_without_re2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """32-bit ARM has no re2 wheel: every shipped pattern must pass the backtracking proof and match there as
+    it does with re2."""
+    from filterd.blocklists import rules
+    from filterd.blocklists.builtin import builtin_path
+
+    text = builtin_path("chat-roulette").read_text(encoding="utf-8")
+    with_re2 = Matcher.build([ListSource("c", "c", parse_list(text, fmt="domains"))])
+    monkeypatch.setattr(rules, "_re2", None)
+    parsed = parse_list(text, fmt="domains")
+    assert parsed.skipped.count == 0, parsed.skipped
+    assert sum(r.kind == PATTERN for r in parsed.rules) >= 10
+    without = Matcher.build([ListSource("c", "c", parsed)])
+    hostile = "a" * 60 + "." + "-" * 60 + "." + "chat" * 15 + "." + "x" * 60
+    for name in ["omegle.onl", "www.videochatru.com", "best-random-chat.app", "example.org", "sohbet.example", hostile]:
+        assert without.match(name) == with_re2.match(name), name
+
+
+def test_without_re2_a_dangerous_pattern_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from filterd.blocklists import rules
+
+    monkeypatch.setattr(rules, "_re2", None)
+    parsed = parse_list("omegle.*\n/(a+)+$/\n/omegle/\n", fmt="domains")
+    assert [r.text for r in parsed.rules] == ["omegle", "omegle"]
+    assert parsed.skipped.sample_line == 2
+    assert "needs re2" in (parsed.skipped.sample_reason or "") and "repeat" in (parsed.skipped.sample_reason or "")
