@@ -533,9 +533,18 @@ class App:
             _warn_if_not_local("dns", endpoint.host)
             return
 
-    def decide(self, name: str) -> Match | None:
-        """The block decision for a name now (the policy's own lookup; the block page asks it per request)."""
-        return self.policy.decide(name) if self.policy is not None else None
+    def decide(self, name: str, client_ip: str | None = None) -> Match | None:
+        """The block decision for a name now, for a client (its group; the policy's own lookup: the block page
+        asks it per request)."""
+        if self.policy is None:
+            return None
+        group = None
+        if client_ip is not None and self.client_stage is not None:
+            try:
+                group = self.client_stage.group_of(client_ip)
+            except ValueError:
+                group = None
+        return self.policy.decide(name, group)
 
     async def _listen_http(self, endpoint: Endpoint, app: web.Application, what: str) -> Endpoint:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)

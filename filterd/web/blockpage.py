@@ -177,12 +177,13 @@ class BlockPage:
 
 def blockpage_app(
     config: BlockpageConfig,
-    decide: Callable[[str], Match | None],
+    decide: Callable[[str, str | None], Match | None],
     metrics: Metrics,
     limits: Limits | None = None,
     allowed: Callable[[str], bool] | None = None,
 ) -> web.Application:
-    """The block page as an aiohttp app; `decide(name)` is the policy's block decision for a name.
+    """The block page as an aiohttp app; `decide(name, client_ip)` is the policy's block decision for a name, as
+    the DNS side made it for that client (its group).
 
     A client that `allowed(ip)` refuses (outside `dns.allow_clients`) gets the neutral page: like the DNS side,
     it learns nothing of the lists.
@@ -198,7 +199,7 @@ def blockpage_app(
             return web.Response(text="ok\n", headers={"Cache-Control": "no-store", "Server": "filterd"})
         site = site_from_host(request.headers.get(hdrs.HOST))  # the header itself: never a fallback name
         served = allowed is None or (request.remote is not None and allowed(request.remote))
-        match = decide(site) if site is not None and served else None
+        match = decide(site, request.remote) if site is not None and served else None
         body, label = page.render(site, match)
         response = web.Response(status=403, text=body, content_type="text/html", charset="utf-8", headers=page.headers)
         if request.body_exists:

@@ -299,7 +299,7 @@ def test_custom_list_texts_and_categories(start_filterd: Start, dnsmasq: Dnsmasq
 async def test_idle_and_slow_connections_are_closed() -> None:
     """A client that connects and sends nothing, or drips a request it never finishes, is cut off."""
     config = BlockpageConfig(listen=(Endpoint("127.0.0.1", 0),))
-    app = blockpage_app(config, lambda name: None, Metrics(CollectorRegistry(), "test"), Limits(idle=0.5))
+    app = blockpage_app(config, lambda name, client: None, Metrics(CollectorRegistry(), "test"), Limits(idle=0.5))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -219,3 +219,26 @@ def test_a_reload_that_moves_a_client_while_queries_run(
     assert failures == []
     assert addresses(ask(server, "example.org", "127.0.0.2")) == ["192.0.2.10"]  # now an adult
     assert blocked(ask(server, "example.org", "127.0.0.17")) == "filterd: games"
+
+
+def test_the_block_page_explains_the_block_the_clients_group_got(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, tmp_path: Path, clock: Clock
+) -> None:
+    import http.client
+
+    text = config_text(dnsmasq, tmp_path, GROUPS) + "blockpage:\n  listen: ['127.0.0.1:0']\n"
+    server = start_filterd(text, clock=clock)
+
+    def page(source: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.blockpage_port, timeout=5, source_address=(source, 0))
+        try:
+            conn.request("GET", "/", headers={"Host": "www.example.org"})
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    status, body = page("127.0.0.2")  # a child: www.example.org is the group's own block entry
+    assert status == 403 and "group:children" in body
+    status, body = page("127.0.0.3")  # an adult: not blocked, so the page does not pretend it is
+    assert "group:children" not in body and "www.example.org is on the list" not in body
