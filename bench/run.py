@@ -427,12 +427,15 @@ def filterd_config(ctx: Ctx, port: int, with_list: bool, state: Path) -> Path:
         "# addn-hosts; no metrics, no block page. The admin API is on (loopback) as in production: filterd then\n"
         "# uses state_dir, where it keeps the compiled lists for a fast restart.\n"
         f'dns:\n  listen: ["{HOST}:{port}"]\n  upstreams: ["{HOST}:{ctx.upstream_port}"]\n'
+        # the upstream's zone answers 127.10.x.y, which rebinding protection would drop
+        '  rebind_allow: ["bench.test"]\n'
         'blocking:\n  mode: "null"\n'
         f"lists:\n{lists}"
         "cache:\n  size: 10000\n"
         f'state_dir: "{state}"\n'
         f'admin:\n  listen: "{HOST}:{free_port()}"\n'
     )
+    text += f"querylog: {{privacy: {ctx.args.querylog}}}\n"  # the query log, as production runs it (or off)
     if ctx.args.groups:  # two client groups, the benchmark's client in the second: every query is a group's
         only = "[bench]" if with_list else "[]"
         text += (
@@ -836,6 +839,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--python", help="a Python with filterd installed; skips the venv (and its [fast] extra)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     ap.add_argument("--upstream", choices=("auto", "nsd", "dnsmasq"), default="auto", help="auto: nsd if installed")
+    ap.add_argument(
+        "--querylog", choices=("full", "blocked-only", "off"), default="full", help="filterd's query log privacy"
+    )
     ap.add_argument("--groups", action="store_true", help="filterd with two client groups (the client in one)")
     a = ap.parse_args(argv)
     smoke = a.smoke

@@ -36,10 +36,15 @@ class AdminClient:
         suffix = f"?{urllib.parse.urlencode(query)}" if query else ""
         return self._request("GET", path + suffix, None)
 
+    def get_text(self, path: str, **query: str) -> str:
+        """A text answer (the report), with the same errors as get()."""
+        suffix = f"?{urllib.parse.urlencode(query)}" if query else ""
+        return str(self._request("GET", path + suffix, None, text=True))
+
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self._request("POST", path, body or {})
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, text: bool = False) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.base_url + path,
@@ -49,7 +54,8 @@ class AdminClient:
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
+                raw = response.read()
+                return raw.decode("utf-8") if text else json.loads(raw)
         except urllib.error.HTTPError as exc:
             try:
                 payload = json.loads(exc.read())

@@ -10,10 +10,11 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -22,20 +23,24 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from filterd import __version__, systemd
+from filterd.blocklists.compiled import CompiledMatcher
+from filterd.blocklists.guard import FileGuard
 from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, list_path, load_lists
 from filterd.blocklists.local import LOCAL_LIST, LocalLists
 from filterd.blocklists.matcher import Match
 from filterd.blocklists.refresh import ListRefresher, open_state
+from filterd.blocklists.rules import public_suffixes
 from filterd.blocklists.sources import UpstreamDnsResolver
 from filterd.blocklists.state import StateDir
 from filterd.config.load import EMBEDDED_NAME, load_config, load_embedded
 from filterd.config.resolvconf import default_upstreams
-from filterd.config.schema import Config, Endpoint, SafeSearchConfig
+from filterd.config.schema import BlockpageTexts, Config, Endpoint, SafeSearchConfig
 from filterd.errors import ConfigError, FilterdError
 from filterd.explain import CheckError, explain
 from filterd.groups.clock import ScheduleClock
 from filterd.groups.model import Directory, Group, build_groups, find_group
 from filterd.groups.sources import DirectoryRefresher, build_directory
+from filterd.logs import ClientEvents
 from filterd.metrics import Metrics
 from filterd.pipeline.access import AccessStage
 from filterd.pipeline.base import Pipeline
@@ -45,17 +50,30 @@ from filterd.pipeline.client import ClientStage
 from filterd.pipeline.cname import CnameStage
 from filterd.pipeline.local import LocalStage
 from filterd.pipeline.policy import AllowList, PolicyStage
+from filterd.pipeline.ratelimit import RateLimitStage
+from filterd.pipeline.rebind import RebindStage
 from filterd.pipeline.safesearch import SafeSearchRules, SafeSearchStage, shipped_rewrites
 from filterd.pipeline.upstream import UpstreamResolver, upstreams_for
 from filterd.portholder import describe as describe_holders
 from filterd.portholder import find_holders
+from filterd.querylog.events import QueryEvents
+from filterd.querylog.record import Privacy
+from filterd.querylog.report import Report
+from filterd.querylog.report import build as build_report
+from filterd.querylog.store import QUERYLOG_NAME, Identity, QueryLog, as_dict, querylog_key
+from filterd.querylog.suggest import pattern_words
+from filterd.querylog.suggest import suggest as suggest_names
+from filterd.safeguarding.engine import Alert, AlertEngine
+from filterd.safeguarding.notify import Notifier, compose
 from filterd.sinkhole import BlockedReplies
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
 from filterd.transport.udp import UdpServer
+from filterd.transport.udp_wildcard import WildcardUdpServer
 from filterd.web.admin import AdminRequestError, admin_app
 from filterd.web.blockpage import blockpage_app
 from filterd.web.metrics import metrics_app
+from filterd.web.runner import HttpRunner
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +136,23 @@ class App:
         self.tcp_limits = tcp if tcp is not None else TcpLimits()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, __version__)
+        #: Malformed requests, resets, wrong tokens: counted, and logged at most once a minute each.
+        self.client_events = ClientEvents(self.metrics.client_events)
+        self._asyncio_filter = self.client_events.asyncio_filter()
         self.listening = Listening()
         self._transports: list[asyncio.BaseTransport] = []
+        self._wildcard_udp: list[WildcardUdpServer] = []
         self._servers: list[asyncio.Server] = []
         self._runners: list[web.AppRunner] = []
         self.lists: LoadedLists | None = None
+        #: The path lists' last good versions (set at start, beside the compiled snapshot).
+        self.guard: FileGuard | None = None
         self.state: StateDir | None = None
         self.refresher: ListRefresher | None = None
         self.policy: PolicyStage | None = None
         self.pipeline: Pipeline | None = None
         self.cache: DnsCache | None = None
+        self.access: AccessStage | None = None
         self.resolver: UpstreamResolver | None = None
         self.local_stage: LocalStage | None = None
         self.bypass: BypassStage | None = None
@@ -145,12 +170,24 @@ class App:
         self.client_stage: ClientStage | None = None
         self.schedule_clock: ScheduleClock | None = None
         self.directory_refresher: DirectoryRefresher | None = None
+        self.querylog: QueryLog | None = None
+        self.alert_engine: AlertEngine | None = None
+        self.notifier: Notifier | None = None
 
-    def build_pipeline(self, lists: LoadedLists, upstreams: tuple[Endpoint, ...]) -> Pipeline:
+    def build_pipeline(
+        self,
+        lists: LoadedLists,
+        upstreams: tuple[Endpoint, ...],
+        *,
+        cache: DnsCache | None = None,
+        resolver: UpstreamResolver | None = None,
+    ) -> Pipeline:
+        """The stages for the current config; a reload passes the running `cache` and `resolver` when what they
+        hold is still right (see `_reload`)."""
         cfg = self.config
         zones = dict(cfg.dns.forward_zones)
         self.policy = PolicyStage(lists.matcher, AllowList(cfg.allow), BlockedReplies(cfg.blocking), self.local_lists)
-        self.cache = DnsCache(cfg.cache.size, cfg.cache.min_ttl, cfg.cache.max_ttl, cfg.cache.stale_max)
+        self.cache = cache or DnsCache(cfg.cache.size, cfg.cache.min_ttl, cfg.cache.max_ttl, cfg.cache.stale_max)
         self.policy.on_change.append(self.cache.clear)
         self.metrics.watch_cache(self.cache)
         self.local_stage = LocalStage(dict(cfg.dns.records), forward_zones=zones)
@@ -159,11 +196,15 @@ class App:
         self.schedule_clock = ScheduleClock(self.groups, cfg.schedules, self.policy.changed, self.clock)
         self.schedule_clock.tick()  # the groups' rules as of now, before the first query
         self.bypass = bypass_stage(cfg)
-        self.resolver = UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics, zones=zones)
+        self.resolver = resolver or UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics, zones=zones)
         self.safe_search = SafeSearchStage(cfg.safe_search, self.resolver)
+        self.access = AccessStage(cfg.dns.allow_clients)
         stages = [
             # First: a client we do not serve learns nothing and costs nothing.
-            AccessStage(cfg.dns.allow_clients),
+            self.access,
+            # Right after access: a flood costs one bucket lookup before any group, cache or list work (an outsider
+            # is refused first and never fills a bucket). UDP only; left out when `ratelimit: false`.
+            *([RateLimitStage(cfg.ratelimit, self.metrics.ratelimited)] if cfg.ratelimit.enabled else []),
             # Before everything that depends on who is asking: the client's group (one memoised lookup).
             self.client_stage,
             # Before local, cache and policy: the bypass signals (Firefox's canary, iCloud Private Relay, DDR) must
@@ -182,25 +223,38 @@ class App:
             self.safe_search,
             # Inside the cache: only answers whose CNAME chain passed the lists are cached.
             CnameStage(self.policy),
+            # Inside the cache: an answer that puts a public name on a LAN address (DNS rebinding) is dropped
+            # before it can be cached; the LAN's own zones, records and rebind_allow are exempt.
+            RebindStage(
+                [zone for zone, _ in cfg.dns.forward_zones]
+                + [name for name, _ in cfg.dns.records]
+                + list(cfg.dns.rebind_allow),
+                enabled=cfg.dns.rebind_protection,
+                on_drop=self.metrics.rebind_blocked.inc,
+            ),
         ]
         # Last: the only stage that leaves the machine.
         return Pipeline(stages, self.resolver)
 
     async def start(self) -> None:
+        logging.getLogger("asyncio").addFilter(self._asyncio_filter)  # its line per write to a reset connection
         upstreams = resolve_upstreams(self.config)
         self.upstreams = upstreams
         self.state = open_state(self.config)  # created and locked when a url list or the admin API needs it
         try:
             if self.state is not None:
                 self.local_lists = LocalLists.load(self.state.path / "local.json")
-            # url lists from their stored copies; an unchanged snapshot from the last run is mapped at once
-            self.lists = load_lists(self.config.lists, self.state, self._snapshot_path())
+            # url lists from their stored copies; an unchanged snapshot from the last run is mapped at once; a path
+            # list whose file cannot be used starts with its last good version (or nothing), said loudly
+            self.guard = FileGuard(self._snapshot_path().with_name("files"))
+            self.lists = load_lists(self.config.lists, self.state, self._snapshot_path(), guard=self.guard)
         except BaseException:
             await self.stop()
             raise
         for name, count in self.lists.entries.items():
             log.info("list %s: %d names from %s", name, count, self.lists.sources[name])
         self._export_list_counts(self.lists.entries)
+        self._export_list_files(self.lists)
         self.pipeline = self.build_pipeline(self.lists, upstreams)
         log.info("pipeline: %s", self.pipeline.describe())
         log.info("upstreams: %s", ", ".join(map(str, upstreams)))
@@ -209,6 +263,7 @@ class App:
         assert self.resolver is not None
         await self.resolver.start()
         handler = self.handler = QueryHandler(self.pipeline, self.metrics)
+        self._configure_events()
         try:
             for endpoint in self.config.dns.listen:
                 await self._listen_dns(endpoint, handler)
@@ -217,15 +272,15 @@ class App:
                     self.config.metrics.listen, metrics_app(self.registry), "metrics"
                 )
             if self.config.blockpage is not None:
-                # After the pipeline: the page asks the policy's decision; outsiders learn nothing, as on DNS.
-                allowed = AccessStage(self.config.dns.allow_clients).allowed
+                # After the pipeline: the page asks the policy's decision; outsiders learn nothing, as on DNS (the
+                # allow_clients in force now, asked per request: a reload may change it).
                 for endpoint in self.config.blockpage.listen:
-                    app = blockpage_app(self.config.blockpage, self.decide, self.metrics, allowed=allowed)
+                    app = blockpage_app(self.config.blockpage, self.decide, self.metrics, allowed=self.client_allowed)
                     self.listening.blockpage.append(await self._listen_http(endpoint, app, "blockpage"))
             if self.config.admin is not None:
                 token = ensure_token(self.config.admin.token_file)
                 self.listening.admin = await self._listen_http(
-                    self.config.admin.listen, admin_app(self, token), "admin"
+                    self.config.admin.listen, admin_app(self, token, self.client_events), "admin"
                 )
         except BaseException:
             await self.stop()
@@ -241,28 +296,46 @@ class App:
 
     def _read_config(self) -> Config:
         source = self.config.source
-        return load_embedded() if source == EMBEDDED_NAME else load_config(source)
+        # A list file that cannot be read is no config error here: its last good version stays (guard.py).
+        return load_embedded() if source == EMBEDDED_NAME else load_config(source, check_files=False)
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self, force: Collection[str] = ()) -> dict[str, Any]:
         """Re-read the config and the lists; swap them in only if all of it is good (SIGHUP, `filterd reload`).
 
-        The lists are read in a worker thread, so the loop keeps answering; the new pipeline replaces the old
-        in one assignment: a query in flight finishes on the pipeline it started on. Listeners (addresses and
-        ports) and state_dir are not re-bound: changing them needs a restart, and the log says so.
+        Nothing the loop runs waits for the disk or a compile: the config is read in a worker thread, the lists
+        are compiled in a child process (only when a list changed: the fingerprint says), and the new pipeline
+        replaces the old in one assignment, so a query in flight finishes on the pipeline it started on. What did
+        not change stays: the compiled lists, and the cache unless the lists or what its answers depend on
+        changed (`_cache_view`). Listeners (addresses and ports) and state_dir are not re-bound: changing them
+        needs a restart, and the log says so. `force`: path lists whose new version is taken even if it shrank.
         """
         async with self._reload_lock:
             started = time.monotonic()
             systemd.reloading("reloading the config and the lists")
             try:
-                return await self._reload(started)
+                return await self._reload(started, force)
             finally:
                 systemd.ready(f"answering DNS on {', '.join(map(str, self.listening.dns))}")
 
-    async def _reload(self, started: float) -> dict[str, Any]:
+    def _load_lists(self, config: Config, current: CompiledMatcher | None, force: Collection[str]) -> LoadedLists:
+        return load_lists(
+            config.lists,
+            self.state,
+            self._snapshot_path(),
+            current=current,
+            guard=self.guard,
+            isolated=True,
+            force=force,
+        )
+
+    async def _reload(self, started: float, force: Collection[str]) -> dict[str, Any]:
+        current = self.policy.matcher if self.policy is not None else None
+        if not isinstance(current, CompiledMatcher):
+            current = None
         try:
             config = await asyncio.to_thread(self._read_config)
             upstreams = resolve_upstreams(config)
-            lists = await asyncio.to_thread(load_lists, config.lists, self.state, self._snapshot_path())
+            lists = await asyncio.to_thread(self._load_lists, config, current, force)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload: %s", problem)
@@ -282,26 +355,75 @@ class App:
             admin=old.admin,
             state_dir=old.state_dir,
         )
+        lists_changed = lists.matcher is not current
+        if config == old and upstreams == self.upstreams and self.policy is not None:
+            if lists_changed:
+                done = self._swap_lists(lists)
+            else:
+                self.lists = lists  # the same lists; what it says of the files may be news (a file went bad)
+                done = "nothing changed: the lists and the cache stay"
+        else:
+            done = await self._rebuild(config, upstreams, lists, lists_changed)
+        self._export_list_files(lists)
+        seconds = time.monotonic() - started
+        log.info("reload: done in %.2fs; %s", seconds, done)
+        return {"ok": True, "seconds": round(seconds, 3), "lists": lists.entries, "problems": lists.problems}
+
+    def _swap_lists(self, lists: LoadedLists) -> str:
+        """The config is as it was, the lists are not: the new lists in one assignment (the cache is cleared)."""
+        assert self.policy is not None
+        self.lists = lists
+        self.policy.replace_matcher(lists.matcher)
+        if self.refresher is not None:
+            self.refresher.entries = lists.matcher.entry_counts()
+        self.lists_loaded = time.time()
+        self._export_list_counts(lists.entries)
+        return "the lists changed (the config did not): new lists, cache cleared"
+
+    async def _rebuild(
+        self, config: Config, upstreams: tuple[Endpoint, ...], lists: LoadedLists, lists_changed: bool
+    ) -> str:
+        """The config changed: a new pipeline, keeping the running cache when no answer it holds can be wrong
+        now, and the running resolver (its upstreams' health) when the upstreams are the same."""
+        old, old_upstreams = self.config, self.upstreams
+        keep_cache = not lists_changed and upstreams == old_upstreams and _cache_view(config) == _cache_view(old)
+        keep_resolver = upstreams == old_upstreams and (config.dns.forward_zones, config.dns.timeout) == (
+            old.dns.forward_zones,
+            old.dns.timeout,
+        )
         old_resolver, old_refresher = self.resolver, self.refresher
         old_clock, old_directory = self.schedule_clock, self.directory_refresher
         self.config, self.upstreams, self.lists = config, upstreams, lists
-        pipeline = self.build_pipeline(lists, upstreams)
+        pipeline = self.build_pipeline(
+            lists,
+            upstreams,
+            cache=self.cache if keep_cache else None,
+            resolver=old_resolver if keep_resolver else None,
+        )
         assert self.resolver is not None and self.handler is not None
-        await self.resolver.start()
+        if self.resolver is not old_resolver:
+            await self.resolver.start()
         self.pipeline = self.handler.pipeline = pipeline  # the swap
         self.lists_loaded = time.time()
-        if old_resolver is not None:
+        if old_resolver is not None and old_resolver is not self.resolver:
             await old_resolver.stop()
+            self._forget_upstreams(old_resolver, self.resolver)
         if old_refresher is not None:
             await old_refresher.stop()
             self.refresher = None
         self._start_refresher()
         await self._stop_group_tasks(old_clock, old_directory)
         self._start_group_tasks()
+        self._configure_events()
         self._export_list_counts(lists.entries)
-        seconds = time.monotonic() - started
-        log.info("reload: done in %.2fs; pipeline: %s", seconds, pipeline.describe())
-        return {"ok": True, "seconds": round(seconds, 3), "lists": lists.entries}
+        kept = [what for what, kept in (("the lists", not lists_changed), ("the cache", keep_cache)) if kept]
+        return f"pipeline: {pipeline.describe()}" + (f"; kept {' and '.join(kept)}" if kept else "")
+
+    def _forget_upstreams(self, old: UpstreamResolver, new: UpstreamResolver) -> None:
+        """filterd_upstream_up only for the upstreams in use: a reload that drops one drops its series."""
+        for endpoint in set(old.health.states) - set(new.health.states):
+            with contextlib.suppress(KeyError):
+                self.metrics.upstream_up.remove(str(endpoint))
 
     def _snapshot_path(self) -> Path:
         """The compiled lists: in state_dir (kept for a fast restart), else in a private temporary folder."""
@@ -331,9 +453,113 @@ class App:
         if has_urls and self.state is not None and self.policy is not None and self.lists is not None:
             # Downloads in the background: start serves the stored copies at once and never waits for them.
             self.refresher = ListRefresher.create(
-                self.config, self.state, self.lists, self.policy, self.metrics, self.upstreams, self._snapshot_path()
+                self.config,
+                self.state,
+                self.lists,
+                self.policy,
+                self.metrics,
+                self.upstreams,
+                self._snapshot_path(),
+                guard=self.guard,
             )
             self.refresher.start()
+
+    # --- the query log and safeguarding alerts ----------------------------------------------------------------
+
+    def _configure_events(self) -> None:
+        """(Re)build the query log and the alert engine from the config; the log's writer keeps running across
+        a reload (its settings are updated in place), the engine starts counting afresh."""
+        cfg = self.config
+        if self.state is not None and cfg.querylog.privacy != Privacy.OFF:
+            if self.querylog is None:
+                self.querylog = QueryLog(
+                    self.state.path / QUERYLOG_NAME,
+                    key=querylog_key(self.state.path),
+                    identify=self._identify,
+                    clock=self.clock,
+                )
+            self.metrics.querylog.stats = self.querylog.stats
+            self.querylog.privacy = Privacy(cfg.querylog.privacy)
+            self.querylog.retention = cfg.querylog.retention
+            self.querylog.jsonl = cfg.querylog.jsonl
+            self.querylog.start()
+        elif self.querylog is not None:
+            self.querylog.stop()
+            self.querylog = None
+        self.alert_engine = AlertEngine(cfg.safeguarding, clock=self.clock) if cfg.safeguarding.alerts else None
+        self.notifier = Notifier(cfg.safeguarding.notify, self._count_alert)
+        events = QueryEvents(self.querylog, self.alert_engine, self._alerts, clock=self.clock)
+        if self.handler is not None:
+            self.handler.events = events if events.enabled else None
+
+    def _identify(self, client_ip: str) -> Identity:
+        """A client's MAC and name as the client directory knows them now (for the log and alerts)."""
+        stage = self.client_stage
+        if stage is None:
+            return Identity()
+        directory = stage.directory
+        names = sorted(directory.names.get(client_ip, ()), key=lambda n: (-n.count("."), n))
+        return Identity(mac=directory.macs.get(client_ip, ""), device=names[0] if names else "")
+
+    def _count_alert(self, rule: str, result: str) -> None:
+        self.metrics.safeguarding_alerts.labels(rule=rule, result=result).inc()
+
+    def _alerts(self, alerts: list[Alert]) -> None:
+        texts = self.config.blockpage.texts if self.config.blockpage is not None else BlockpageTexts()
+        for alert in alerts:
+            identity = self._identify(alert.client)
+            subject, text, payload = compose(alert, identity, categories=dict(texts.categories), help_items=texts.help)
+            log.warning("safeguarding: %s", subject)
+            if self.querylog is not None:
+                self.querylog.record_alert(alert.time, alert.rule.name, alert.client, alert.group, alert.names, "fired")
+            if self.notifier is not None:
+                self.notifier.send(alert.rule.name, subject, text, payload)
+
+    # --- the admin API's query log, report and suggestions (filterd log / report / lists suggest) -----------
+
+    def _need_querylog(self) -> QueryLog:
+        if self.querylog is None:
+            raise AdminRequestError(409, "the query log is off (querylog.privacy: off, or no state_dir in use)")
+        return self.querylog
+
+    async def log_rows(
+        self, client: str | None, group: str | None, blocked: bool, since: float | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """`since`: seconds back from now (None: all)."""
+        querylog = self._need_querylog()
+        start = None if since is None else self.clock() - since
+        rows = await asyncio.to_thread(
+            querylog.rows, client=client, group=group, blocked=blocked, since=start, limit=limit
+        )
+        return [as_dict(row) for row in rows]
+
+    async def log_delete(self, client: str) -> dict[str, Any]:
+        querylog = self._need_querylog()
+        deleted = await asyncio.to_thread(querylog.delete_client, client)
+        log.warning("querylog: deleted %d rows of client %s (admin request)", deleted, client)
+        return {"client": client, "deleted": deleted}
+
+    async def report(self, since: float) -> Report:
+        querylog = self._need_querylog()
+        now = self.clock()
+        rows = await asyncio.to_thread(querylog.rows, since=now - since, limit=None)
+        alerts = await asyncio.to_thread(querylog.alerts, now - since)
+        return build_report(rows, alerts, now - since, now)
+
+    async def suggest(self, since: float) -> list[dict[str, Any]]:
+        querylog = self._need_querylog()
+        rows = await asyncio.to_thread(querylog.rows, since=self.clock() - since, limit=None)
+        counts: dict[str, int] = {}
+        for row in rows:
+            if row.decision in ("forwarded", "cached", "error"):  # asked of the upstreams, not blocked
+                counts[row.name] = counts.get(row.name, 0) + 1
+        brands: set[str] = set()
+        patterns: list[str] = []
+        rules = getattr(self.policy.matcher, "rules", None) if self.policy is not None else None
+        if rules is not None:
+            brands, patterns = rules.brand_labels(), rules.pattern_texts()
+        found = suggest_names(counts, brands, pattern_words(patterns), public_suffixes())
+        return [{"name": s.name, "lookups": s.count, "reason": s.reason} for s in found]
 
     def _start_group_tasks(self) -> None:
         """The schedule clock, and the client directory when a group names MACs or hosts (both in the background)."""
@@ -353,6 +579,8 @@ class App:
             reverse=(lambda name: resolver.lookup(name, "PTR")) if resolver is not None else None,
         )
         self.directory_refresher = refresher if refresher.needed else None
+        if self.directory_refresher is not None and not stage.directory.names and not stage.directory.macs:
+            stage.set_directory(refresher.initial())  # names from records and leases before the first query
         if self.directory_refresher is not None:
             stage.on_new_client = self.directory_refresher.poke
             self.directory_refresher.start()
@@ -362,6 +590,13 @@ class App:
             await clock.stop()
         if directory is not None:
             await directory.stop()
+
+    def _export_list_files(self, lists: LoadedLists) -> None:
+        """filterd_list_file_ok for every enabled path list: 0 while its file cannot be used (guard.py)."""
+        self.metrics.list_file_ok.clear()
+        for cfg in self.config.lists:
+            if cfg.path is not None and cfg.enabled and cfg.name in lists.sources:
+                self.metrics.list_file_ok.labels(list=cfg.name).set(0 if cfg.name in lists.problems else 1)
 
     def _export_list_counts(self, entries: dict[str, int]) -> None:
         """filterd_blocklist_entries for every list, the local entries included (when there is a state_dir)."""
@@ -390,6 +625,7 @@ class App:
     def lists_status(self) -> list[dict[str, Any]]:
         counts = self.policy.matcher.entry_counts() if self.policy is not None else {}
         refreshed = {s.name: s for s in self.refresher.status()} if self.refresher is not None else {}
+        problems = self.lists.problems if self.lists is not None else {}
         out: list[dict[str, Any]] = []
         for cfg in self.config.lists:
             row: dict[str, Any] = {
@@ -398,7 +634,7 @@ class App:
                 "enabled": cfg.enabled,
                 "entries": counts.get(cfg.name, 0),
                 "last_success": self.lists_loaded if cfg.enabled and not cfg.url else None,
-                "last_error": None,
+                "last_error": problems.get(cfg.name),
                 "next_refresh": None,
             }
             if cfg.name in refreshed:
@@ -437,14 +673,19 @@ class App:
         urls = [n for n in wanted if known[n].url]
         results: list[dict[str, Any]] = []
         if files:
-            outcome = await self.reload()  # a file list is refreshed by reading it again: that is a reload
+            # A file list is refreshed by reading it again: that is a reload (`force` takes a file that shrank).
+            outcome = await self.reload(force=files if force else ())
             for name in files:
                 ok = bool(outcome.get("ok"))
                 entries = outcome.get("lists", {}).get(name, 0) if ok else None
-                message = f"read again: {entries} names" if ok else "; ".join(outcome.get("errors", []))
-                results.append(
-                    {"list": name, "result": "updated" if ok else "failed", "message": message, "entries": entries}
-                )
+                problem = outcome.get("problems", {}).get(name) if ok else None
+                if not ok:
+                    verdict, message = "failed", "; ".join(outcome.get("errors", []))
+                elif problem is not None:
+                    verdict, message = "rejected", f"{problem}; the last good version ({entries} names) stays in use"
+                else:
+                    verdict, message = "updated", f"read again: {entries} names"
+                results.append({"list": name, "result": verdict, "message": message, "entries": entries})
         if urls and self.refresher is not None:
             for result in await self.refresher.update(urls, force=force):
                 results.append(asdict(result) | {"result": str(result.result)})
@@ -523,15 +764,30 @@ class App:
                 if endpoint.port == 0 and exc.errno == errno.EADDRINUSE and attempt < 19:
                     continue  # the ephemeral UDP port is taken for TCP: pick another pair
                 raise StartupError(_bind_error("dns (tcp)", endpoint, exc)) from None
-            transport, _ = await loop.create_datagram_endpoint(lambda: UdpServer(handler), sock=udp_sock)
+            if endpoint.is_wildcard:
+                # replies must leave from the address each query came to: IP_PKTINFO, not a datagram transport
+                wildcard = WildcardUdpServer(udp_sock, handler)
+                try:
+                    wildcard.start(loop)
+                except OSError as exc:
+                    udp_sock.close()
+                    tcp_sock.close()
+                    raise StartupError(_bind_error("dns (udp)", endpoint, exc)) from None
+                self._wildcard_udp.append(wildcard)
+            else:
+                transport, _ = await loop.create_datagram_endpoint(lambda: UdpServer(handler), sock=udp_sock)
+                self._transports.append(transport)
             server = await asyncio.start_server(tcp.serve, sock=tcp_sock)
-            self._transports.append(transport)
             self._servers.append(server)
             bound = Endpoint(endpoint.host, port)
             self.listening.dns.append(bound)
             log.info("dns: listening on %s (udp, tcp)", bound)
             _warn_if_not_local("dns", endpoint.host)
             return
+
+    def client_allowed(self, client_ip: str) -> bool:
+        """Whether `dns.allow_clients`, as configured now, serves this client (the block page asks per request)."""
+        return self.access is not None and self.access.allowed(client_ip)
 
     def decide(self, name: str, client_ip: str | None = None) -> Match | None:
         """The block decision for a name now, for a client (its group; the policy's own lookup: the block page
@@ -547,7 +803,7 @@ class App:
         return self.policy.decide(name, group)
 
     async def _listen_http(self, endpoint: Endpoint, app: web.Application, what: str) -> Endpoint:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = HttpRunner(app, what, self.client_events)
         await runner.setup()
         self._runners.append(runner)
         try:  # our own socket, not TCPSite's: bind_socket sets IP_FREEBIND, so port 80 opens before the LAN is up
@@ -588,15 +844,25 @@ class App:
             await self.refresher.stop()
             self.refresher = None
         await self._stop_group_tasks(self.schedule_clock, self.directory_refresher)
+        if self.querylog is not None:
+            await asyncio.to_thread(self.querylog.stop)
+            self.querylog = None
+        if self.notifier is not None:
+            await self.notifier.close()
         self.schedule_clock = self.directory_refresher = None
         if self.resolver is not None:
             await self.resolver.stop()
         for transport in self._transports:
             transport.close()
+        for wildcard in self._wildcard_udp:
+            wildcard.close()
+        self._wildcard_udp.clear()
         for server in self._servers:
             server.close()
         for runner in self._runners:
             await runner.cleanup()
+        logging.getLogger("asyncio").removeFilter(self._asyncio_filter)
+        self.client_events.flush()
         self._transports.clear()
         self._servers.clear()
         self._runners.clear()
@@ -606,6 +872,22 @@ class App:
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
+
+
+def _cache_view(config: Config) -> Config:
+    """The config as far as an answer in the cache depends on it: a reload that changes only what is blanked here
+    (listeners, timeouts, who may ask, the lists' refresh settings: the lists themselves are compared by their
+    fingerprint) keeps the cache; any other change clears it."""
+    return replace(
+        config,
+        dns=replace(config.dns, listen=(), timeout=0.0, allow_clients=()),
+        lists=(),
+        metrics=None,
+        blockpage=None,
+        admin=None,
+        dhcp_leases=(),
+        source="",
+    )
 
 
 def offline_check(
@@ -664,15 +946,20 @@ def bypass_stage(config: Config) -> BypassStage:
 
 
 def ensure_token(path: Path) -> str:
-    """The admin token: read, or created at the first start (32 random bytes, mode 0600)."""
+    """The admin token: read, or created at the first start (32 random bytes, mode 0600). A token file other
+    users can read is set to 0600, with a warning."""
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        with open(path, "rb") as handle:
+            _make_private(path, handle.fileno())
+            token = handle.read().decode("utf-8").strip()
         if token:
             return token
     except FileNotFoundError:
         pass
     except OSError as exc:
         raise StartupError(f"admin.token_file {path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise StartupError(f"admin.token_file {path}: not UTF-8 text (delete it: a new token is made)") from None
     token = secrets.token_urlsafe(32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -684,6 +971,25 @@ def ensure_token(path: Path) -> str:
         raise StartupError(f"admin.token_file {path}: cannot create it: {exc.strerror or exc}") from None
     log.info("admin: created the API token in %s (mode 0600)", path)
     return token
+
+
+def _make_private(path: Path, fd: int) -> None:
+    """Set an open token file to 0600 if group or others may read or write it: whoever reads the token can
+    change the filter."""
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError as exc:
+        log.warning(
+            "admin.token_file %s has mode %04o: other users can read the admin token, and setting 0600 failed: %s",
+            path,
+            mode,
+            exc.strerror or exc,
+        )
+        return
+    log.warning("admin.token_file %s had mode %04o: other users could read the admin token; set it to 0600", path, mode)
 
 
 def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
@@ -700,6 +1006,8 @@ def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
             # is up. Loopback is always there, and there a missing address should fail (IPv6 off is skipped).
             with contextlib.suppress(OSError):  # kernels before 4.15 have no IPV6_FREEBIND
                 sock.setsockopt(*_FREEBIND[family], 1)
+        if kind == socket.SOCK_DGRAM:
+            udp_buffer(sock)
         sock.bind((host, port))
         if kind == socket.SOCK_STREAM:
             sock.listen(128)
@@ -708,6 +1016,39 @@ def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+#: The receive buffer asked for a DNS UDP socket: queries that arrive while the event loop is busy (a reload, a
+#: collection, a moment of CPU taken by other processes) wait here instead of being dropped. Linux's default is
+#: 208 KiB, about 270 queries: 25 ms at 10,000 queries/s. 4 MiB holds a stall of about half a second.
+UDP_RCVBUF = 4 << 20
+#: Linux's SO_RCVBUFFORCE (33): the same beyond net.core.rmem_max, allowed with CAP_NET_ADMIN (e.g. as root).
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
+
+
+def udp_buffer(sock: socket.socket, size: int = UDP_RCVBUF) -> int:
+    """Ask for a `size` receive buffer (beyond net.core.rmem_max only with CAP_NET_ADMIN, as unbound does); the
+    size the kernel granted (it counts its own overhead too, so it reports about twice what was asked). Says so
+    when the kernel granted less."""
+    for option in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            break
+        except OSError:
+            continue
+    granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    if granted < size:
+        log.warning(
+            "dns: the UDP receive buffer is %d KiB, not the %d KiB asked for (net.core.rmem_max): queries that "
+            "arrive while filterd is busy for a moment are dropped sooner; raise it, e.g. `sysctl -w "
+            "net.core.rmem_max=%d` (and a file in /etc/sysctl.d/ to keep it)",
+            granted // 1024,
+            size // 1024,
+            size,
+        )
+    return granted
 
 
 def _is_loopback(host: str) -> bool:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
         local = sub.add_parser(action, parents=[common], help=text)
         local.add_argument("name")
     sub.add_parser("reload", parents=[common], help="re-read the config and the lists (like SIGHUP)")
+
+    querylog = sub.add_parser("log", parents=[common], help="the query log: who asked what, and what filterd did")
+    querylog.add_argument("--client", metavar="IP", help="only this device (its IP address)")
+    querylog.add_argument("--group", help="only this client group")
+    querylog.add_argument("--blocked", action="store_true", help="only blocked queries")
+    querylog.add_argument("--since", metavar="DURATION", help="only this recent: 1h, 7d, ...")
+    querylog.add_argument("--limit", type=int, default=1000, help="at most this many rows, newest first")
+    querylog.add_argument("--delete", action="store_true", help="delete every record of --client (and its alerts)")
+
+    report = sub.add_parser("report", parents=[common], help="blocked attempts per group and device, and alerts")
+    report.add_argument("--since", metavar="DURATION", default="7d", help="the period (default: %(default)s)")
+    report.add_argument("--html", type=Path, metavar="FILE", help="also write a printable HTML page here")
+
+    suggest = lists_sub.add_parser(
+        "suggest", parents=[common], help="forwarded names that look like chat-roulette sites, to review"
+    )
+    suggest.add_argument("--since", metavar="DURATION", default="7d", help="the period (default: %(default)s)")
     return parser
 
 
 def load(path: Path | None) -> Config:
-    """--config, else /etc/filterd/filterd.yaml if it exists, else the embedded default."""
+    """--config, else /etc/filterd/filterd.yaml if it exists, else the embedded default. A list file that cannot be
+    read is no error here (only `config check` says so): the server starts without that list and keeps trying."""
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
-    return load_embedded() if path is None else load_config(path)
+    return load_embedded() if path is None else load_config(path, check_files=False)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -142,6 +161,10 @@ async def serve(config: Config) -> None:
     if stop.is_set():
         await app.stop()
         return
+    # Everything built at start (config, lists, pipeline) lives until the end: out of the collector's way, so a full
+    # collection walks only what queries allocate (fewer and shorter pauses of the loop; docs/pipeline.md).
+    gc.collect()
+    gc.freeze()
     log.info("filterd %s ready", __version__)
     # DNS answers now, and every signal handler is in place: systemd (Type=notify) starts dependents.
     systemd.ready(f"answering DNS on {', '.join(map(str, app.listening.dns))}")
@@ -153,13 +176,20 @@ async def serve(config: Config) -> None:
         await app.stop()
 
 
-def run_serve(config: Config) -> None:
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's runner when it is installed (a regular dependency wherever it has a wheel), else asyncio's."""
     try:
-        import uvloop  # optional extra: filterd[fast]
+        import uvloop
     except ImportError:
-        asyncio.run(serve(config))
-    else:
-        uvloop.run(serve(config))
+        return asyncio.run
+    run: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
+    return run
+
+
+def run_serve(config: Config) -> None:
+    # Outside the `except ImportError:` above: an exception raised while serving must not carry uvloop's
+    # ModuleNotFoundError as its context, at the head of every traceback.
+    event_loop_runner()(serve(config))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -272,6 +302,61 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0 if result.get("ok") else 1
 
 
+def cmd_log(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.delete:
+        if not args.client:
+            print("filterd log --delete: give the device: --client IP", file=sys.stderr)
+            return 2
+        result = client.post("/api/log/delete", {"client": args.client})
+        if args.json:
+            _print_json(result)
+        else:
+            print(f"{result['client']}: {result['deleted']} query log rows deleted (and its alerts)")
+        return 0
+    params = {"limit": str(args.limit)}
+    for key in ("client", "group", "since"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    if args.blocked:
+        params["blocked"] = "1"
+    rows = client.get("/api/log", **params)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"]))
+        who = row["device"] or row["client"]
+        group = f" [{row['group']}]" if row["group"] else ""
+        what = f"{row['decision']} by {row['list']}" if row["decision"] == "blocked" else row["decision"]
+        print(f"{when} {who}{group} {row['name']} {row['qtype']}: {what}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    client = _client(args)
+    print(client.get_text("/api/report", since=args.since), end="")
+    if args.html is not None:
+        page = client.get_text("/api/report", since=args.since, format="html")
+        args.html.write_text(page, encoding="utf-8")
+        print(f"(the printable page: {args.html})")
+    return 0
+
+
+def cmd_lists_suggest(args: argparse.Namespace) -> int:
+    found = _client(args).get("/api/suggest", since=args.since)
+    if args.json:
+        _print_json(found)
+    elif not found:
+        print(f"nothing to suggest in the last {args.since}")
+    else:
+        for item in found:
+            print(
+                f"{item['name']} ({item['lookups']} lookups): {item['reason']}; block it: filterd block {item['name']}"
+            )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.verbose)
@@ -285,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("allow", None): cmd_local,
         ("reset", None): cmd_local,
         ("reload", None): cmd_reload,
+        ("log", None): cmd_log,
+        ("report", None): cmd_report,
+        ("lists", "suggest"): cmd_lists_suggest,
     }
     action = getattr(args, "config_command", None) or getattr(args, "lists_command", None)
     command = commands[(args.command, action)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -57,12 +57,88 @@ class CacheCollector(Collector):
         )
 
 
+class QueryLogCollector(Collector):
+    """filterd_querylog_rows_total{result}: rows written, dropped (queue full) and failed (the database refused)."""
+
+    def __init__(self) -> None:
+        self.stats: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        if stats is None:
+            return
+        family = CounterMetricFamily(
+            "filterd_querylog_rows", "Query log rows, by what became of them.", labels=["result"]
+        )
+        for result in ("written", "dropped", "failed", "pruned"):
+            family.add_metric([result], getattr(stats, result))
+        yield family
+
+
 class CacheStats(Protocol):
     hits: int
     misses: int
     stale: int
 
     def __len__(self) -> int: ...
+
+
+class RateLimitCounter(Collector):
+    """filterd_ratelimited_total{action}: UDP queries over their network's rate (`pipeline/ratelimit.py`), answered
+    with TC=1 (slip) or dropped. No client label: the log and the bounded label set stay small under a flood."""
+
+    def __init__(self) -> None:
+        self.slipped = 0
+        self.dropped = 0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "filterd_ratelimited",
+            "UDP queries over their client network's rate limit: answered TC=1 (slip) or not at all (drop).",
+            labels=["action"],
+        )
+        family.add_metric(["slip"], self.slipped)
+        family.add_metric(["drop"], self.dropped)
+        yield family
+
+
+class TcpStats(Protocol):
+    def open_connections(self) -> int: ...
+
+    def unsent_bytes(self) -> int: ...
+
+
+class TcpCollector(Collector):
+    """filterd_tcp_*: read from the TCP listeners at scrape time, plus the connections they closed to protect the
+    others (`transport/tcp.py`)."""
+
+    REASONS = ("refused", "evicted", "stuck")
+
+    def __init__(self) -> None:
+        self.listeners: list[TcpStats] = []
+        self.closed = dict.fromkeys(self.REASONS, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "filterd_tcp_connections",
+            "DNS over TCP connections open.",
+            value=sum(listener.open_connections() for listener in self.listeners),
+        )
+        yield GaugeMetricFamily(
+            "filterd_tcp_unsent_bytes",
+            "Reply bytes written for TCP clients and not yet taken by the kernel (bounded per connection).",
+            value=sum(listener.unsent_bytes() for listener in self.listeners),
+        )
+        closed = CounterMetricFamily(
+            "filterd_tcp_closed",
+            "TCP connections filterd closed to protect other clients: refused (its client, or the server, at the "
+            "connection limit with none idle), evicted (the oldest idle, for a new one), stuck (replies unread for "
+            "the idle timeout).",
+            labels=["reason"],
+        )
+        for reason in self.REASONS:
+            closed.add_metric([reason], self.closed[reason])
+        yield closed
 
 
 class Metrics:
@@ -72,6 +148,12 @@ class Metrics:
         registry.register(self.queries)
         self._cache = CacheCollector()
         registry.register(self._cache)
+        self.querylog = QueryLogCollector()
+        registry.register(self.querylog)
+        self.ratelimited = RateLimitCounter()
+        registry.register(self.ratelimited)
+        self.tcp = TcpCollector()
+        registry.register(self.tcp)
         self.upstream_duration = Histogram(
             "filterd_upstream_request_duration_seconds",
             "Time from sending a query to an upstream to its usable answer.",
@@ -83,6 +165,17 @@ class Metrics:
             "filterd_upstream_errors",
             "Failed upstream exchanges, by kind.",
             ["upstream", "kind"],
+            registry=registry,
+        )
+        self.safeguarding_alerts = Counter(
+            "filterd_safeguarding_alerts",
+            "Safeguarding alerts, by rule and what became of them (sent, failed, no-channel).",
+            ["rule", "result"],
+            registry=registry,
+        )
+        self.rebind_blocked = Counter(
+            "filterd_rebind_blocked",
+            "Upstream answers dropped because they put a public name on a private address (DNS rebinding).",
             registry=registry,
         )
         self.upstream_up = Gauge(
@@ -110,10 +203,23 @@ class Metrics:
             ["list"],
             registry=registry,
         )
+        self.list_file_ok = Gauge(
+            "filterd_list_file_ok",
+            "Path lists: 1 when the list's file was used at the last (re)load, 0 when it could not be read or was "
+            "rejected (empty, binary, mostly invalid, shrank...) and its last good version, or nothing, is in use.",
+            ["list"],
+            registry=registry,
+        )
         self.blockpage_views = Counter(
             "filterd_blockpage_views",
             "Block pages shown, by the blocked name's category (a described id, other, or none); never the name.",
             ["category"],
+            registry=registry,
+        )
+        self.client_events = Counter(
+            "filterd_client_events",
+            "Events a client caused, logged at most once a minute each (`event`: logs.CLIENT_EVENTS).",
+            ["event"],
             registry=registry,
         )
         self.build_info = Gauge(

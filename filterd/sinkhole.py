@@ -41,5 +41,8 @@ class BlockedReplies:
                 answer = wire.rr(wire.NAME_PTR, wire.T_AAAA, self.ttl, self._v6)
                 return wire.build_reply(q, answers=(answer,), ede=ede)
         rcode = wire.NXDOMAIN if self.mode is BlockingMode.NXDOMAIN else wire.NOERROR
-        soa = wire.rr(wire.encode_name(entry), wire.T_SOA, self.ttl, wire.soa_rdata(_SOA_MNAME, _SOA_RNAME, self.ttl))
+        # The SOA's owner is the listed name: the query name itself is the question's own bytes (a pointer), any
+        # other name (a parent of it, or a CNAME target's) is encoded from its text, escapes and all.
+        owner = wire.NAME_PTR if entry == q.qname else wire.encode_name(entry)
+        soa = wire.rr(owner, wire.T_SOA, self.ttl, wire.soa_rdata(_SOA_MNAME, _SOA_RNAME, self.ttl))
         return wire.build_reply(q, rcode, authority=(soa,), ede=ede)

@@ -16,6 +16,18 @@ from tests.support import Dnsmasq, FakeUpstream, RunningFilterd
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The embedded default's state (`~/.local/state/filterd`, moved by $XDG_STATE_HOME) goes to a temporary
+    directory for every filterd the tests start, in-process or as a command: never the user's own, which a
+    Quick-start server may hold. Tests that need a state_dir set their own in their config."""
+    state = tmp_path_factory.mktemp("xdg-state")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_STATE_HOME", str(state))
+    yield state
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
     """dnsmasq from Debian on a free loopback port, serving the records in tests/support.py."""

@@ -20,10 +20,13 @@ import bisect
 import contextlib
 import hashlib
 import json
+import logging
 import mmap
 import os
 import secrets
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ from typing import Any
 from filterd.blocklists.matcher import Match, rule_match
 from filterd.blocklists.parse import Sink, Skipped, detect_format, parse_stream
 from filterd.blocklists.rules import Rule, RuleSet
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"FDSNAP1\x00"
 _HEADER = struct.Struct("<8sQQ")
@@ -67,6 +72,8 @@ class ListFile:
     path: Path
     fmt: str = "auto"
     subdomains: bool | None = None
+    #: Take names that are public suffixes (`com`, `co.uk`) as entries instead of refusing them.
+    allow_suffixes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,25 +90,123 @@ class CompileError(Exception):
     pass
 
 
-def compile_lists(lists: Sequence[ListFile], out: Path, *, fingerprint: str = "") -> CompileReport:
+def compile_lists(
+    lists: Sequence[ListFile], out: Path, *, fingerprint: str = "", isolated: bool = False
+) -> CompileReport:
     """Parse every list (streaming: no per-entry objects) into a new snapshot at `out`, written atomically."""
-    return compile_and_open(lists, out, fingerprint=fingerprint)[0]
+    report, matcher = compile_and_open(lists, out, fingerprint=fingerprint, isolated=isolated)
+    matcher.close()
+    return report
 
 
 def compile_and_open(
-    lists: Sequence[ListFile], out: Path, *, fingerprint: str = ""
+    lists: Sequence[ListFile], out: Path, *, fingerprint: str = "", isolated: bool = False
 ) -> tuple[CompileReport, CompiledMatcher]:
     """compile_lists(), and the new snapshot already mapped: mapped before it is renamed into place, so two
-    compiles racing for `out` each get their own (the mapping outlives the rename)."""
+    compiles racing for `out` each get their own (the mapping outlives the rename).
+
+    `isolated`: the parsing and hashing run in a child process (`python -m filterd.blocklists.compiled`), which
+    a server does once it is answering: in a thread, a million names hold the GIL for seconds, and the event loop,
+    which gives it up at every poll for new packets, gets it back only between the compiler's slices: it answers
+    a few hundred queries a second meanwhile (a million names under load: 5 s answers and lost queries). The child
+    costs memory while it runs: an interpreter (about 20 MB) besides the table it writes. One that cannot run (no
+    usable interpreter) falls back to this process, with a warning."""
     if len(lists) > MAX_LISTS:
         raise CompileError(f"too many lists ({len(lists)}); at most {MAX_LISTS}")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        report = _compile_isolated(lists, tmp, fingerprint) if isolated else write_snapshot(lists, tmp, fingerprint)
+        matcher = CompiledMatcher(tmp)
+        os.replace(tmp, out)
+        matcher.path = out
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return report, matcher
+
+
+def write_snapshot(lists: Sequence[ListFile], tmp: Path, fingerprint: str) -> CompileReport:
+    """Compile into the new file `tmp` (fsynced; the caller renames it into place)."""
     estimate = sum(_count_lines(item.path) for item in lists)
     slots = max(16, int(estimate / LOAD_FACTOR) + 1)
     while True:
         try:
-            return _compile(lists, out, slots, fingerprint)
+            return _compile(lists, tmp, slots, fingerprint)
         except _TableFull:
             slots *= 2  # a hosts file with many names a line: more entries than lines
+
+
+#: How long a child compile may take before it is given up (the lists in use stay).
+CHILD_TIMEOUT = 600.0
+
+
+def _compile_isolated(lists: Sequence[ListFile], tmp: Path, fingerprint: str) -> CompileReport:
+    """write_snapshot() in a child process: the job as JSON on its stdin, the report on its stdout."""
+    job = {
+        "lists": [
+            [item.name, item.category, str(item.path), item.fmt, item.subdomains, item.allow_suffixes] for item in lists
+        ],
+        "out": str(tmp),
+        "fingerprint": fingerprint,
+    }
+    # -P: not the working directory on sys.path (only the installed filterd runs)
+    command = [sys.executable, "-P", "-m", "filterd.blocklists.compiled"]
+    try:
+        done = subprocess.run(
+            command, input=json.dumps(job), capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"compiling took more than {CHILD_TIMEOUT:.0f} s; gave up") from None
+    except OSError as exc:
+        done = subprocess.CompletedProcess(command, -1, "", str(exc))
+    try:
+        answer = json.loads(done.stdout)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and answer.get("error"):
+        raise CompileError(str(answer["error"]))
+    if not isinstance(answer, dict) or "report" not in answer:
+        log.warning(
+            "lists: compiling in a child process failed (%s): compiling in this one, which slows its answers "
+            "while it runs",
+            (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1],
+        )
+        return write_snapshot(lists, tmp, fingerprint)
+    return _report_from_json(answer["report"])
+
+
+def _report_to_json(report: CompileReport) -> dict[str, Any]:
+    return {
+        "entries": report.entries,
+        "read": report.read,
+        "skipped": {name: [s.count, s.sample_line, s.sample_reason] for name, s in report.skipped.items()},
+        "formats": report.formats,
+    }
+
+
+def _report_from_json(data: dict[str, Any]) -> CompileReport:
+    return CompileReport(
+        entries={k: int(v) for k, v in data["entries"].items()},
+        read={k: int(v) for k, v in data["read"].items()},
+        skipped={k: Skipped(*v) for k, v in data["skipped"].items()},
+        formats=dict(data["formats"]),
+    )
+
+
+def _child_main() -> int:
+    """`python -m filterd.blocklists.compiled`: one compile job (JSON on stdin), its report on stdout. At a lower
+    priority (nice 10): on a machine with few cores, the server answering queries comes first."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)
+    job = json.loads(sys.stdin.read())
+    lists = [ListFile(name, cat, Path(path), fmt, sub, allow) for name, cat, path, fmt, sub, allow in job["lists"]]
+    try:
+        report = write_snapshot(lists, Path(job["out"]), job["fingerprint"])
+    except (OSError, CompileError, ValueError) as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    print(json.dumps({"report": _report_to_json(report)}))
+    return 0
 
 
 class _TableFull(Exception):
@@ -116,46 +221,36 @@ def _count_lines(path: Path) -> int:
     return count + 1
 
 
-def _compile(
-    lists: Sequence[ListFile], out: Path, slots: int, fingerprint: str
-) -> tuple[CompileReport, CompiledMatcher]:
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+def _compile(lists: Sequence[ListFile], tmp: Path, slots: int, fingerprint: str) -> CompileReport:
     table_bytes = slots * 12
     limit = int(slots * 0.95)
-    try:
-        with tmp.open("w+b") as handle:
-            os.fchmod(handle.fileno(), 0o640)
-            handle.truncate(_HEADER.size + table_bytes)
-            with mmap.mmap(handle.fileno(), _HEADER.size + table_bytes) as mm:
-                hashes = memoryview(mm)[_HEADER.size : _HEADER.size + slots * 8].cast("Q")
-                values = memoryview(mm)[_HEADER.size + slots * 8 : _HEADER.size + table_bytes].cast("I")
-                try:
-                    meta = _fill(lists, hashes, values, slots, limit)
-                finally:
-                    hashes.release()
-                    values.release()
-                # (no mm.flush(): it holds the GIL for the whole msync; the fsync below, which does not, covers it)
-            meta["fingerprint"] = fingerprint
-            blob = json.dumps(meta, separators=(",", ":")).encode()
-            handle.seek(0, os.SEEK_END)
-            handle.write(blob)
-            handle.seek(0)
-            handle.write(_HEADER.pack(MAGIC, slots, len(blob)))
-            handle.flush()
-            os.fsync(handle.fileno())
-        matcher = CompiledMatcher(tmp)
-        os.replace(tmp, out)
-        matcher.path = out
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with tmp.open("w+b") as handle:
+        os.fchmod(handle.fileno(), 0o640)
+        handle.truncate(_HEADER.size + table_bytes)
+        with mmap.mmap(handle.fileno(), _HEADER.size + table_bytes) as mm:
+            hashes = memoryview(mm)[_HEADER.size : _HEADER.size + slots * 8].cast("Q")
+            values = memoryview(mm)[_HEADER.size + slots * 8 : _HEADER.size + table_bytes].cast("I")
+            try:
+                meta = _fill(lists, hashes, values, slots, limit)
+            finally:
+                hashes.release()
+                values.release()
+            # (no mm.flush(): it holds the GIL for the whole msync; the fsync below, which does not, covers it)
+        meta["fingerprint"] = fingerprint
+        blob = json.dumps(meta, separators=(",", ":")).encode()
+        handle.seek(0, os.SEEK_END)
+        handle.write(blob)
+        handle.seek(0)
+        handle.write(_HEADER.pack(MAGIC, slots, len(blob)))
+        handle.flush()
+        os.fsync(handle.fileno())
     report = CompileReport(
         entries=dict(zip(meta["lists"], meta["counts"], strict=True)),
         read=dict(zip(meta["lists"], meta["read"], strict=True)),
         skipped={name: Skipped(*s) for name, s in zip(meta["lists"], meta["skipped"], strict=True)},
         formats=dict(zip(meta["lists"], meta["formats"], strict=True)),
     )
-    return report, matcher
+    return report
 
 
 class _Table(Sink):
@@ -176,7 +271,7 @@ class _Table(Sink):
 
     def start_list(self, list_index: int, fallback: str) -> None:
         self.category = None
-        self.skip_count, self.skip_line, self.skip_reason = 0, None, None
+        self.reset_skips()
         self.base = list_index << _KIND_BITS
         self.list_index = list_index
         self.fallback = fallback
@@ -204,7 +299,7 @@ class _Table(Sink):
     def add(self, name: str, subtree: bool, exception: bool, line: int) -> None:
         self.read += 1
         if not self.read & _YIELD_EVERY:
-            time.sleep(0)  # let the event loop's thread run: compiling is done in a worker thread while serving
+            time.sleep(0)  # let an event loop's thread run (when a server compiles in a thread: no child could run)
         category = self.category
         if category != self.current or not self.started:
             self.current, self.started = category, True
@@ -245,7 +340,7 @@ def _fill(lists: Sequence[ListFile], hashes: Any, values: Any, slots: int, limit
             if fmt == "auto":
                 fmt = detect_format(handle.read(1 << 16))
                 handle.seek(0)
-            skip = parse_stream(handle, table, fmt=fmt, subdomains=item.subdomains)
+            skip = parse_stream(handle, table, fmt=fmt, subdomains=item.subdomains, allow_suffixes=item.allow_suffixes)
         list_sections = table.sections
         if not list_sections or list_sections[0][0] > 1:
             list_sections.insert(0, (0, table.category_id(item.category)))
@@ -394,3 +489,7 @@ class CompiledMatcher:
         lines = self._section_lines[list_index]
         at = max(bisect.bisect_right(lines, line) - 1, 0)
         return str(self._categories[self._section_cats[list_index][at]])
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

@@ -6,7 +6,9 @@ running PolicyStage (one reference assignment: a query sees the old lists or the
 else (a failed, truncated, empty, oversized, unparseable or much smaller download) leaves the last good
 copy in use, and is reported in the log as `NAME:LINE: reason` and in `filterd_list_refresh_total`.
 
-The checks (`examine`, `shrink_problem`) and the schedule (`first_delay`, `next_delay`) are pure functions.
+The checks (`examine`, `shrink_problem`: the rules are in checks.py, shared with file lists) and the schedule
+(`first_delay`, `next_delay`) are pure functions. Downloads are counted and the lists compiled in a child process
+(compiled.py), so a million names never hold up the event loop's thread.
 `ListRefresher.update()` is the entry point for an admin's "refresh now" (`filterd lists update`).
 """
 
@@ -24,8 +26,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from filterd.blocklists.compiled import ListFile, compile_lists
-from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, load_lists
+from filterd.blocklists.checks import Problem, TextCheck, count_problem, shrink_problem
+from filterd.blocklists.compiled import compile_lists
+from filterd.blocklists.guard import FileGuard
+from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, list_file, load_lists
 from filterd.blocklists.matcher import BlockIndex
 from filterd.blocklists.parse import Skipped
 from filterd.blocklists.sources import FetchError, ListFetcher, RetryPolicy, UpstreamDnsResolver
@@ -59,10 +63,6 @@ T = TypeVar("T")
 FAILED_RETRY = 3600.0
 #: Each wait is its nominal length times a random factor in [1 - JITTER, 1 + JITTER].
 JITTER = 0.1
-#: At most this share of undecodable bytes (not UTF-8) in a list that is still read as text.
-MAX_UNDECODABLE = 0.01
-FORCE_HINT = "a forced update (`filterd lists update --force {name}`) accepts it"
-_HTML_STARTS = ("<!doctype html", "<html", "<?xml", "<head", "<body", "<!--")
 
 
 class Result(enum.StrEnum):
@@ -78,19 +78,6 @@ class Result(enum.StrEnum):
 
 class UnknownList(FilterdError):
     """update() was asked for a list that is not an enabled url list."""
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """Why a download is not used; `line` points into the download when one line shows it (else None)."""
-
-    reason: str
-    line: int | None = None
-    #: What the admin can do about it, said last.
-    hint: str | None = None
-
-    def where(self, name: str) -> str:
-        return f"{name}:{self.line}" if self.line is not None else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,49 +108,18 @@ class ListStatus:
 # --- pure: checking a download ---------------------------------------------------------------------------
 
 
-def examine(data: bytes, cfg: ListConfig) -> tuple[ListSummary | None, Problem | None]:
-    """Parse a download, or say why it is not a list. The rules, in order:
-
-    * over `max_bytes` (also enforced while downloading);
-    * empty: no bytes, or only whitespace;
-    * binary: a NUL byte anywhere (garbage, an image, a compressed file served as text);
-    * not text: more than 1% of the bytes are not UTF-8;
-    * an HTML or XML page (a login, captive-portal or error page served with status 200);
-    * no entries: nothing but comments, blank lines and invalid lines;
-    * mostly invalid: more lines (or hosts-line names) skipped than read as entries.
-    """
+def examine(data: bytes, cfg: ListConfig, *, isolated: bool = False) -> tuple[ListSummary | None, Problem | None]:
+    """Parse a download, or say why it is not a list (the rules are checks.py's, but the shrink guard, which
+    needs the last good copy). `isolated`: count it in a child process (see compiled.py), off this one's GIL."""
     if len(data) > cfg.max_bytes:
         return None, Problem(f"{len(data)} bytes, over max_bytes ({format_size(cfg.max_bytes)})")
-    if not data.strip():
-        return None, Problem(f"empty download ({len(data)} bytes)")
-    nul = data.find(b"\0")
-    if nul >= 0:
-        return None, Problem("binary data (a NUL byte), not a text list", _line_at(data, nul))
-    text = data.decode("utf-8", errors="replace")
-    undecodable = text.count("\ufffd") - data.count("\ufffd".encode())
-    if undecodable > MAX_UNDECODABLE * len(data):
-        first = text.find("\ufffd")
-        return None, Problem(
-            f"not UTF-8 text ({undecodable} of {len(data)} bytes undecodable)", text.count("\n", 0, first) + 1
-        )
-    head = text.lstrip("\ufeff \t\r\n")[:64].lower()
-    if head.startswith(_HTML_STARTS):
-        return None, Problem("an HTML page, not a list (a login, portal or error page?)", _first_line(text))
-    del text  # the checks above need the text once; the count below streams from a file instead
-    summary = summarize(data, cfg)
-    skipped = summary.skipped
-    if not summary.read:
-        if skipped.count:
-            return None, Problem(
-                f"no entries: all {skipped.count} rules skipped, e.g. {skipped.sample_reason}", skipped.sample_line
-            )
-        return None, Problem("no entries (only comments and blank lines)")
-    if skipped.count > summary.read:
-        return None, Problem(
-            f"mostly invalid: {skipped.count} rules skipped and only {summary.read} read, e.g. {skipped.sample_reason}",
-            skipped.sample_line,
-        )
-    return summary, None
+    check = TextCheck(cfg.max_bytes)
+    problem = check.feed(data) or check.finish()
+    if problem is not None:
+        return None, problem
+    summary = summarize(data, cfg, isolated=isolated)
+    problem = count_problem(summary.read, summary.skipped)
+    return (None, problem) if problem is not None else (summary, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,38 +134,17 @@ class ListSummary:
     format: str
 
 
-def summarize(data: bytes, cfg: ListConfig) -> ListSummary:
+def summarize(data: bytes, cfg: ListConfig, *, isolated: bool = False) -> ListSummary:
     """Count a download by compiling it alone into a scratch snapshot: memory stays at the table's size
     (12 bytes a slot, in a file) instead of an object per entry, whatever the list's size."""
     with tempfile.TemporaryDirectory(prefix="filterd-check-") as scratch:
         path = Path(scratch) / "download.txt"
         path.write_bytes(data)
-        item = ListFile(cfg.name, cfg.category, path, cfg.format.value, cfg.subdomains)
-        report = compile_lists([item], Path(scratch) / "check.snapshot")
+        item = list_file(cfg, path)
+        report = compile_lists([item], Path(scratch) / "check.snapshot", isolated=isolated)
     return ListSummary(
         report.entries[cfg.name], report.read[cfg.name], report.skipped[cfg.name], report.formats[cfg.name]
     )
-
-
-def shrink_problem(entries: int, last_good: int, guard: float, *, force: bool, name: str) -> Problem | None:
-    """A download with fewer than `guard` x `last_good` entries is held back unless forced (guard 0: never)."""
-    if force or guard <= 0 or last_good <= 0 or entries >= guard * last_good:
-        return None
-    share = entries / last_good
-    return Problem(
-        f"shrank from {last_good} to {entries} names ({share:.0%} of the last good copy, under shrink_guard {guard:g})",
-        hint=FORCE_HINT.format(name=name),
-    )
-
-
-def _line_at(data: bytes, offset: int) -> int:
-    return data.count(b"\n", 0, offset) + 1
-
-
-def _first_line(text: str) -> int:
-    """The line number of the first non-blank line."""
-    stripped = text.lstrip("\ufeff \t\r\n")
-    return text.count("\n", 0, len(text) - len(stripped)) + 1
 
 
 # --- pure: when to refresh ---------------------------------------------------------------------------------
@@ -251,9 +186,15 @@ async def off_loop(func: Callable[..., T], *args: object) -> T:
 
 
 def open_state(config: Config) -> StateDir | None:
-    """The locked state_dir when any enabled list has a url or the admin API is on (its token and the local
-    entries live there); None otherwise (nothing to store)."""
-    if config.admin is None and not any(cfg.url and cfg.enabled for cfg in config.lists):
+    """The locked state_dir when any enabled list has a url, the admin API is on (its token and the local
+    entries live there), or a `querylog` section or safeguarding alerts are configured; None otherwise."""
+    wanted = (
+        config.admin is not None
+        or any(cfg.url and cfg.enabled for cfg in config.lists)
+        or (config.querylog.configured and config.querylog.privacy != "off")  # the query log lives there too
+        or bool(config.safeguarding.alerts)
+    )
+    if not wanted:
         return None
     state = StateDir(config.state_dir)
     state.open()
@@ -278,12 +219,15 @@ class ListRefresher:
         snapshot: Path | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        guard: FileGuard | None = None,
     ) -> None:
         self.configs = tuple(config.lists)
         self.urls = {cfg.name: cfg for cfg in self.configs if cfg.url and cfg.enabled}
         self.state = state
         #: Where the lists are compiled after a download (the same snapshot the server maps).
         self.snapshot = snapshot if snapshot is not None else state.path / SNAPSHOT_NAME
+        #: The server's keeper of the path lists' last good versions (they are compiled too).
+        self.guard = guard
         self.policy = policy
         self.metrics = metrics
         self.fetcher = fetcher
@@ -311,10 +255,11 @@ class ListRefresher:
         metrics: Metrics,
         upstreams: Sequence[Endpoint],
         snapshot: Path | None = None,
+        guard: FileGuard | None = None,
     ) -> ListRefresher:
         """The refresher as filterd runs it: list hosts resolved by asking `upstreams` directly."""
         resolver = UpstreamDnsResolver(upstreams, timeout=max(config.dns.timeout, 2.0))
-        return cls(config, state, lists, policy, metrics, ListFetcher(resolver), snapshot=snapshot)
+        return cls(config, state, lists, policy, metrics, ListFetcher(resolver), snapshot=snapshot, guard=guard)
 
     def start(self) -> None:
         """One task per url list; the first refresh runs at once for a list with no copy (or an old one)."""
@@ -421,7 +366,7 @@ class ListRefresher:
         try:
             async with self._build_lock:
                 await off_loop(self.state.write_copy, name, body)
-                rebuilt = await off_loop(load_lists, self.configs, self.state, self.snapshot)
+                rebuilt = await off_loop(self._load)
                 self._install(rebuilt.matcher)
         except (OSError, ValueError) as exc:
             return await self._not_used(cfg, meta, Result.FAILED, Problem(f"cannot install the download: {exc}"), now)
@@ -460,6 +405,10 @@ class ListRefresher:
         entries = self.entries.get(name, 0)
         log.info("list %s: not modified since the last download (%d names)", name, entries)
         return RefreshResult(name, Result.NOT_MODIFIED, f"not modified ({entries} names)", entries)
+
+    def _load(self) -> LoadedLists:
+        """The lists compiled again (in a child process: the server is answering) with the new download."""
+        return load_lists(self.configs, self.state, self.snapshot, guard=self.guard, isolated=True)
 
     def _install(self, matcher: BlockIndex) -> None:
         """Swap the new matcher in (on the loop thread: one reference assignment) and export its counts."""
@@ -502,8 +451,8 @@ def _same_bytes(state: StateDir, name: str, body: bytes) -> bool:
 
 
 def _check(body: bytes, cfg: ListConfig) -> tuple[ListSummary | None, Problem | None, int]:
-    """examine(), with the entry count, in one call for off_loop."""
-    summary, problem = examine(body, cfg)
+    """examine(), with the entry count, in one call for off_loop (counted in a child process: see examine)."""
+    summary, problem = examine(body, cfg, isolated=True)
     return summary, problem, 0 if summary is None else summary.entries
 
 

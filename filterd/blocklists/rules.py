@@ -21,6 +21,7 @@ Pure code: `parse_rule` reads a line's text, `RuleSet` matches names; the list p
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "ENGINE",
     "MAX_PATTERN",
     "PATTERN",
+    "PublicSuffixes",
     "Rule",
     "RuleHit",
     "RuleSet",
@@ -38,6 +40,7 @@ __all__ = [
     "backtrack_bound",
     "brand_label",
     "check_pattern",
+    "suffix_check",
 ]
 
 BRAND = "brand"
@@ -75,6 +78,79 @@ def public_suffixes() -> Suffixes:
 
     psl: Suffixes = PublicSuffixList()
     return psl
+
+
+class PublicSuffixes:
+    """Whether a listed name is a public suffix (`com`, `co.uk`, `github.io`): a list line that would block a
+    whole TLD or hosting platform. The parsers ask it of every name a list holds, so they inline its first step
+    (written out in parse.py): a single label is a suffix (a TLD, known or not); otherwise one or two set lookups
+    rule out nearly every name, and only a rare candidate (the name, or its parent under a `*.` rule, is in the
+    bundled list) is decided by the list itself (`is_public`).
+
+    One kind of suffix is not one here: a name that is a suffix only through a `*.` rule of the list's private
+    section (`ec2-1-2-3-4.compute-1.amazonaws.com` under `*.compute-1.amazonaws.com`): the platform made every
+    tenant's host name a suffix of its own, so blocking it blocks one tenant, as a list means to."""
+
+    __slots__ = ("is_public", "names", "wildcards")
+
+    def __init__(self, psl: Suffixes | None = None) -> None:
+        self.is_public = (psl or public_suffixes()).is_public
+        names: set[str] = set()
+        wildcards: set[str] = set()
+        for rule, icann in _psl_rules():
+            if rule.startswith("*."):
+                if icann:
+                    wildcards.add(rule[2:])
+                names.add(rule[2:])  # `*.ck` makes `ck` a suffix too
+            elif rule.startswith("!"):
+                names.add(rule[1:].partition(".")[2])  # `!www.ck`: its parent is one
+            else:
+                names.add(rule)
+        #: Every name that may be a suffix, and every parent under which any label is one (`*.ck`: `ck`).
+        self.names = frozenset(names)
+        self.wildcards = frozenset(wildcards)
+
+    def __call__(self, name: str) -> bool:
+        dot = name.find(".")
+        if dot < 0:
+            return True
+        if not self.names:  # the bundled file could not be read: ask the list about every name (slower, and
+            return bool(self.is_public(name))  # without the private wildcards' exception)
+        return (name in self.names or name[dot + 1 :] in self.wildcards) and bool(self.is_public(name))
+
+
+def _psl_rules() -> list[tuple[str, bool]]:
+    """The rules of the Public Suffix List bundled with `publicsuffixlist`, as A-labels (`*.ck`, `!www.ck`, `co.uk`),
+    each with whether it is in the ICANN section (else the private one); empty when its file cannot be read."""
+    try:
+        from publicsuffixlist import PSLFILE
+
+        with open(PSLFILE, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (ImportError, OSError, UnicodeError):
+        return []
+    rules = []
+    icann = True
+    for line in lines:
+        if "===BEGIN PRIVATE DOMAINS===" in line:
+            icann = False
+        text = line.split(" ")[0].strip().lower()
+        if not text or text.startswith("//"):
+            continue
+        prefix = "!" if text.startswith("!") else ""
+        labels = text.removeprefix("!").split(".")
+        try:
+            encoded = [label if label == "*" or label.isascii() else label.encode("idna").decode() for label in labels]
+        except UnicodeError:
+            continue
+        rules.append((prefix + ".".join(encoded), icann))
+    return rules
+
+
+@functools.cache
+def suffix_check() -> PublicSuffixes:
+    """The shared PublicSuffixes (built once per process, about 40 ms, and immutable)."""
+    return PublicSuffixes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +345,14 @@ class RuleSet:
     @property
     def empty(self) -> bool:
         return self._count == 0
+
+    def brand_labels(self) -> set[str]:
+        """The labels of every block brand rule (for `filterd lists suggest`)."""
+        return set(self._brands)
+
+    def pattern_texts(self) -> list[str]:
+        """The sources of every block pattern (for `filterd lists suggest`)."""
+        return [hit.rule.text for hit, _ in self._patterns]
 
     def counts(self) -> dict[int, int]:
         """List index -> number of distinct block rules."""

@@ -26,6 +26,7 @@ from filterd.config.schema import (
     DEFAULT_LISTS,
     DEFAULT_STATE_DIR,
     AdminConfig,
+    AlertRule,
     BlockingConfig,
     BlockingMode,
     BlockpageConfig,
@@ -33,6 +34,7 @@ from filterd.config.schema import (
     CacheConfig,
     Config,
     DnsConfig,
+    EmailConfig,
     Endpoint,
     GroupConfig,
     HelpItem,
@@ -41,6 +43,10 @@ from filterd.config.schema import (
     ListConfig,
     ListFormat,
     MetricsConfig,
+    NotifyConfig,
+    QueryLogConfig,
+    RateLimitConfig,
+    SafeguardingConfig,
     SafeSearchConfig,
     ScheduleConfig,
     SinkholeConfig,
@@ -62,12 +68,23 @@ class _Node:
 
 
 class _Problems:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, check_files: bool = True) -> None:
         self.source = source
         self.items: list[str] = []
+        #: Whether a list file that cannot be read is a problem (`config check`), or left to the server, which
+        #: starts without it and keeps trying (blocklists/guard.py).
+        self.check_files = check_files
+        self._lines: list[int] = []
 
     def add(self, line: int, key: str, message: str) -> None:
         self.items.append(f"{self.source}:{line}: {key}: {message}")
+        self._lines.append(line)
+
+    def in_line_order(self) -> list[str]:
+        """The problems as the file reads, top to bottom (sections are checked in their own order); those on
+        one line keep the order they were found in."""
+        order = sorted(range(len(self.items)), key=self._lines.__getitem__)
+        return [self.items[i] for i in order]
 
 
 def _compose(text: str, source: str) -> _Node | None:
@@ -215,7 +232,8 @@ def _items(node: _Node, key: str, p: _Problems, read: Callable[[_Node, str], T |
 
 
 def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
-    keys = _mapping(node, "dns", {"listen", "upstreams", "timeout", "allow_clients", "forward_zones", "records"}, p)
+    dns_keys = {"listen", "upstreams", "timeout", "allow_clients", "forward_zones", "records"}
+    keys = _mapping(node, "dns", dns_keys | {"rebind_protection", "rebind_allow"}, p)
     if keys is None:
         return None
     if "listen" not in keys:
@@ -223,16 +241,7 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
         return None
 
     def listen_item(n: _Node, k: str) -> Endpoint | None:
-        ep = _endpoint(n, k, p, 53)
-        if ep is not None and ep.is_wildcard:
-            p.add(
-                n.line,
-                k,
-                f"wildcard address {ep.host} is not supported yet (replies must come from the "
-                "address the query came to): list this machine's LAN address instead, e.g. 192.168.1.2:53",
-            )
-            return None
-        return ep
+        return _endpoint(n, k, p, 53)  # a wildcard address is fine: replies leave from the query's address
 
     def network(n: _Node, k: str) -> IPNetwork | None:
         text = _string(n, k, p)
@@ -259,9 +268,11 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
         allow_clients = _items(keys["allow_clients"], "dns.allow_clients", p, network)
     zones = _forward_zones(keys["forward_zones"], p) if "forward_zones" in keys else ()
     records = _records(keys["records"], p) if "records" in keys else ()
+    rebind = _boolean(keys["rebind_protection"], "dns.rebind_protection", p) if "rebind_protection" in keys else True
+    rebind_allow = _names_list(keys["rebind_allow"], "dns.rebind_allow", p) if "rebind_allow" in keys else ()
     if listen is None or upstreams is None or timeout is None or allow_clients is None:
         return None
-    if zones is None or records is None:
+    if zones is None or records is None or rebind is None or rebind_allow is None:
         return None
     return DnsConfig(
         listen=listen,
@@ -270,6 +281,8 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
         allow_clients=allow_clients,
         forward_zones=zones,
         records=records,
+        rebind_protection=rebind,
+        rebind_allow=rebind_allow,
     )
 
 
@@ -360,6 +373,44 @@ def _cache(node: _Node, p: _Problems) -> CacheConfig | None:
     return CacheConfig(size=size, min_ttl=min_ttl, max_ttl=max_ttl, stale_max=stale)
 
 
+_RATELIMIT_KEYS = {f.name for f in dataclasses.fields(RateLimitConfig)}
+
+
+def _ratelimit(node: _Node, p: _Problems) -> RateLimitConfig | None:
+    """`false` (off), `true` or empty (the defaults), or a mapping: on unless it says `enabled: false`."""
+    if node.value is None or isinstance(node.value, bool):
+        return RateLimitConfig(enabled=node.value is not False)
+    if not isinstance(node.value, dict):
+        p.add(node.line, "ratelimit", f"must be true, false or a mapping such as {{qps: 1000}}, not {node.value!r}")
+        return None
+    before = len(p.items)
+    keys = _mapping(node, "ratelimit", _RATELIMIT_KEYS, p) or {}
+    values: dict[str, Any] = {}
+    if "enabled" in keys:
+        values["enabled"] = _boolean(keys["enabled"], "ratelimit.enabled", p)
+    if "qps" in keys:
+        values["qps"] = _number(keys["qps"], "ratelimit.qps", p, 1, 1_000_000)
+    if "burst" in keys:
+        values["burst"] = _number(keys["burst"], "ratelimit.burst", p, 1, 10_000_000, int)
+    if "slip" in keys:
+        values["slip"] = _number(keys["slip"], "ratelimit.slip", p, 0, 10, int)
+    if "exempt" in keys:
+
+        def network(n: _Node, k: str) -> IPNetwork | None:
+            text = _string(n, k, p)
+            if text is None:
+                return None
+            try:
+                return ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                p.add(n.line, k, f"{text!r} is not an IP network in CIDR form (e.g. 10.1.0.0/16)")
+                return None
+
+        exempt = keys["exempt"]
+        values["exempt"] = () if exempt.value is None else _items(exempt, "ratelimit.exempt", p, network)
+    return None if len(p.items) > before else RateLimitConfig(**values)
+
+
 def _blocking(node: _Node, p: _Problems) -> BlockingConfig | None:
     keys = _mapping(node, "blocking", {"mode", "sinkhole", "ttl"}, p)
     if keys is None:
@@ -401,7 +452,20 @@ def _sinkhole(node: _Node, p: _Problems) -> SinkholeConfig | None:
 
 _LIST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SUBSCRIPTION_KEYS = ("refresh", "max_bytes", "shrink_guard", "timeout", "fallback")
-_LIST_KEYS = {"name", "path", "builtin", "url", "format", "subdomains", "category", "enabled", *_SUBSCRIPTION_KEYS}
+#: Of those, the ones a path list takes too (its file is checked like a download: blocklists/guard.py).
+_FILE_KEYS = ("max_bytes", "shrink_guard")
+_LIST_KEYS = {
+    "name",
+    "path",
+    "builtin",
+    "url",
+    "format",
+    "subdomains",
+    "category",
+    "enabled",
+    "allow_suffixes",
+    *_SUBSCRIPTION_KEYS,
+}
 
 
 def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConfig | None:
@@ -419,8 +483,9 @@ def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConf
     if "path" in keys:
         text = _string(keys["path"], f"{key}.path", p)
         path = None if text is None else (base_dir / Path(text).expanduser())
-        if path is not None and not path.is_file():
-            p.add(keys["path"].line, f"{key}.path", f"no such file: {path}")
+        problem = _file_problem(path) if path is not None and p.check_files else None
+        if problem is not None:
+            p.add(keys["path"].line, f"{key}.path", problem)
     if builtin is not None and builtin not in builtin_list_names():
         p.add(
             keys["builtin"].line,
@@ -441,6 +506,7 @@ def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConf
         subdomains = True  # the shipped lists are curated so that each name stands for its subtree
     category = _string(keys["category"], f"{key}.category", p) if "category" in keys else (name or "blocked")
     enabled = _boolean(keys["enabled"], f"{key}.enabled", p) if "enabled" in keys else True
+    allow_suffixes = _boolean(keys["allow_suffixes"], f"{key}.allow_suffixes", p) if "allow_suffixes" in keys else False
     if len(p.items) > before or name is None or fmt is None or category is None or enabled is None:
         return None
     return ListConfig(
@@ -451,18 +517,33 @@ def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConf
         subdomains=subdomains,
         category=category,
         enabled=enabled,
+        allow_suffixes=bool(allow_suffixes),
         **subscription,
     )
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why a list file cannot be read now, or None."""
+    if path.is_dir():
+        return f"{path} is a directory, not a list file"
+    if not path.is_file():
+        return f"no such file: {path}"
+    if not os.access(path, os.R_OK):
+        return f"cannot read {path}: permission denied"
+    return None
+
+
 def _subscription(keys: dict[str, _Node], key: str, p: _Problems) -> dict[str, Any]:
-    """`url` and the keys that only a url list takes, as ListConfig arguments ({} for other lists)."""
+    """`url` and the keys that only a url list takes (a path list: max_bytes and shrink_guard), as ListConfig
+    arguments ({} for other lists)."""
+    out: dict[str, Any] = {}
     if "url" not in keys:
         for extra in _SUBSCRIPTION_KEYS:
-            if extra in keys:
-                p.add(keys[extra].line, f"{key}.{extra}", "applies only to a list with a url")
-        return {}
-    out: dict[str, Any] = {}
+            if extra in keys and not (extra in _FILE_KEYS and "path" in keys):
+                p.add(keys[extra].line, f"{key}.{extra}", "applies only to a list with a url (or, this one, a path)")
+        if "path" in keys:
+            _size_keys(keys, key, p, out)
+        return out
     url = _string(keys["url"], f"{key}.url", p)
     if url is not None:
         problem = url_problem(url)
@@ -473,10 +554,7 @@ def _subscription(keys: dict[str, _Node], key: str, p: _Problems) -> dict[str, A
         out["refresh"] = _duration(keys["refresh"], f"{key}.refresh", p, 1, 30 * 86400)
     if "timeout" in keys:
         out["timeout"] = _duration(keys["timeout"], f"{key}.timeout", p, 1, 3600)
-    if "max_bytes" in keys:
-        out["max_bytes"] = _size(keys["max_bytes"], f"{key}.max_bytes", p)
-    if "shrink_guard" in keys:
-        out["shrink_guard"] = _number(keys["shrink_guard"], f"{key}.shrink_guard", p, 0, 1)
+    _size_keys(keys, key, p, out)
     if "fallback" in keys:
         fallback = _string(keys["fallback"], f"{key}.fallback", p)
         if fallback is not None and fallback not in builtin_list_names():
@@ -487,6 +565,13 @@ def _subscription(keys: dict[str, _Node], key: str, p: _Problems) -> dict[str, A
             )
         out["fallback"] = fallback
     return out
+
+
+def _size_keys(keys: dict[str, _Node], key: str, p: _Problems, out: dict[str, Any]) -> None:
+    if "max_bytes" in keys:
+        out["max_bytes"] = _size(keys["max_bytes"], f"{key}.max_bytes", p)
+    if "shrink_guard" in keys:
+        out["shrink_guard"] = _number(keys["shrink_guard"], f"{key}.shrink_guard", p, 0, 1)
 
 
 def url_problem(url: str) -> str | None:
@@ -754,6 +839,7 @@ _TOP_KEYS = {
     "allow",
     "bypass_protection",
     "safe_search",
+    "ratelimit",
     "metrics",
     "blockpage",
     "admin",
@@ -761,12 +847,15 @@ _TOP_KEYS = {
     "groups",
     "schedules",
     "dhcp_leases",
+    "querylog",
+    "safeguarding",
 }
 
 
-def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config:
-    """Validate YAML text; raise ConfigError listing every problem found."""
-    p = _Problems(source)
+def parse_config(text: str, source: str, base_dir: Path | None = None, *, check_files: bool = True) -> Config:
+    """Validate YAML text; raise ConfigError listing every problem found. `check_files`: a list file that cannot
+    be read is one (`config check`); the server passes False: it starts without that list and keeps trying."""
+    p = _Problems(source, check_files)
     try:
         root = _compose(text, source)
     except ConfigError as exc:
@@ -775,7 +864,7 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
         raise ConfigError([f"{source}:1: the file is empty (a config needs at least a dns section)"])
     keys = _mapping(root, "", _TOP_KEYS, p)
     if keys is None:
-        raise ConfigError(p.items)
+        raise ConfigError(p.in_line_order())
     base = base_dir if base_dir is not None else Path.cwd()
     dns = None
     if "dns" not in keys:
@@ -790,6 +879,7 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     if "bypass_protection" in keys:
         bypass = _boolean(keys["bypass_protection"], "bypass_protection", p)
     safe_search = _safe_search(keys["safe_search"], "safe_search", p) if "safe_search" in keys else SafeSearchConfig()
+    ratelimit = _ratelimit(keys["ratelimit"], p) if "ratelimit" in keys else RateLimitConfig()
     metrics = _metrics(keys["metrics"], p) if "metrics" in keys and keys["metrics"].value is not None else None
     blockpage = None
     if "blockpage" in keys and keys["blockpage"].value is not None:
@@ -801,13 +891,19 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     schedules = _schedules(keys["schedules"], p) if "schedules" in keys else ()
     groups = _groups(keys["groups"], p) if "groups" in keys and keys["groups"].value is not None else ()
     dhcp_leases = _dhcp_leases(keys["dhcp_leases"], p, base) if "dhcp_leases" in keys else ()
+    querylog = _querylog(keys["querylog"], p, base) if "querylog" in keys else QueryLogConfig()
+    safeguarding = (
+        _safeguarding(keys["safeguarding"], p, base)
+        if "safeguarding" in keys and keys["safeguarding"].value is not None
+        else SafeguardingConfig()
+    )
     if groups is not None and schedules is not None and lists is not None:
         _check_groups(keys, groups, schedules, lists, p)
     if p.items or dns is None or blocking is None or cache is None or lists is None or allow is None:
-        raise ConfigError(p.items)
+        raise ConfigError(p.in_line_order())
     assert groups is not None and schedules is not None and dhcp_leases is not None  # else p.items
     assert state_dir is not None and bypass is not None  # a bad one is in p.items
-    assert safe_search is not None  # likewise
+    assert safe_search is not None and ratelimit is not None  # likewise
     return Config(
         dns=dns,
         blocking=blocking,
@@ -816,6 +912,7 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
         allow=allow,
         bypass_protection=bypass,
         safe_search=safe_search,
+        ratelimit=ratelimit,
         metrics=metrics,
         blockpage=blockpage,
         admin=admin,
@@ -823,11 +920,13 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
         groups=groups,
         schedules=schedules,
         dhcp_leases=dhcp_leases,
+        querylog=querylog or QueryLogConfig(),
+        safeguarding=safeguarding or SafeguardingConfig(),
         source=source,
     )
 
 
-def load_config(path: Path | str) -> Config:
+def load_config(path: Path | str, *, check_files: bool = True) -> Config:
     """Read and validate a config file; relative list paths resolve against the file's folder."""
     path = Path(path)
     try:
@@ -836,7 +935,7 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    return parse_config(text, str(path), base_dir=path.resolve().parent)
+    return parse_config(text, str(path), base_dir=path.resolve().parent, check_files=check_files)
 
 
 def embedded_config_text() -> str:
@@ -1019,3 +1118,126 @@ def _dhcp_leases(node: _Node, p: _Problems, base_dir: Path) -> tuple[Path, ...] 
     items = node if isinstance(node.value, list) else _Node([node], node.line)
     paths = _items(items, "dhcp_leases", p, lambda n, k: _string(n, k, p))
     return None if paths is None else tuple(base_dir / Path(text).expanduser() for text in paths)
+
+
+# --- query log and safeguarding ------------------------------------------------------------------------------
+
+_PRIVACY = ("full", "hash-clients", "blocked-only", "off")
+
+
+def _querylog(node: _Node, p: _Problems, base_dir: Path) -> QueryLogConfig | None:
+    if node.value is False or node.value == "off":
+        return QueryLogConfig(privacy="off", configured=True)
+    keys = _mapping(node, "querylog", {"retention", "privacy", "jsonl"}, p)
+    if keys is None:
+        return None
+    retention = (
+        _duration(keys["retention"], "querylog.retention", p, 3600, 3 * 366 * 86400)
+        if "retention" in keys
+        else 14 * 86400
+    )
+    privacy = "full"
+    if "privacy" in keys:
+        node_value = keys["privacy"].value
+        text = (
+            "off" if node_value is False else _string(keys["privacy"], "querylog.privacy", p)
+        )  # YAML reads off as false
+        if text is not None and text not in _PRIVACY:
+            p.add(keys["privacy"].line, "querylog.privacy", f"{text!r} is not one of: {', '.join(_PRIVACY)}")
+            text = None
+        privacy = text or "full"
+    jsonl = None
+    if "jsonl" in keys:
+        text = _string(keys["jsonl"], "querylog.jsonl", p)
+        jsonl = None if text is None else base_dir / Path(text).expanduser()
+    if retention is None:
+        return None
+    return QueryLogConfig(retention=retention, privacy=privacy, jsonl=jsonl, configured=True)
+
+
+def _alert_rule(node: _Node, key: str, p: _Problems) -> AlertRule | None:
+    from filterd.groups.schedule import parse_window
+
+    keys = _mapping(node, key, {"name", "categories", "attempts", "within", "when", "timezone"}, p)
+    if keys is None:
+        return None
+    before = len(p.items)
+    name = _string(keys["name"], f"{key}.name", p) if "name" in keys else None
+    if "name" not in keys:
+        p.add(node.line, f"{key}.name", "is required")
+    categories: tuple[str, ...] | None = ()
+    if "categories" not in keys:
+        p.add(node.line, f"{key}.categories", "is required: the categories or list names the rule watches")
+    else:
+        categories = _items(keys["categories"], f"{key}.categories", p, lambda n, k: _string(n, k, p))
+    attempts = _number(keys["attempts"], f"{key}.attempts", p, 1, 10000, int) if "attempts" in keys else 1
+    within = _duration(keys["within"], f"{key}.within", p, 1, 31 * 86400) if "within" in keys else 600
+    windows = []
+    for i, item in enumerate(_sequence(keys["when"], f"{key}.when", p) or [] if "when" in keys else []):
+        text = _string(item, f"{key}.when[{i}]", p)
+        if text is None:
+            continue
+        try:
+            windows.append(parse_window(text))
+        except ValueError as exc:
+            p.add(item.line, f"{key}.when[{i}]", str(exc))
+    timezone = _string(keys["timezone"], f"{key}.timezone", p) if "timezone" in keys else None
+    if len(p.items) > before or name is None or categories is None or attempts is None or within is None:
+        return None
+    return AlertRule(name, categories, attempts, within, tuple(windows), timezone)
+
+
+def _email(node: _Node, p: _Problems, base_dir: Path) -> EmailConfig | None:
+    keys = _mapping(
+        node, "safeguarding.notify.email", {"smtp", "starttls", "from", "to", "username", "password_file"}, p
+    )
+    if keys is None:
+        return None
+    where = "safeguarding.notify.email"
+    missing = [k for k in ("smtp", "from", "to") if k not in keys]
+    if missing:
+        p.add(node.line, where, f"needs {', '.join(missing)}")
+        return None
+    smtp = _string(keys["smtp"], f"{where}.smtp", p)
+    sender = _string(keys["from"], f"{where}.from", p)
+    to_node = keys["to"]
+    to = (
+        (_string(to_node, f"{where}.to", p),)
+        if isinstance(to_node.value, str)
+        else _items(to_node, f"{where}.to", p, lambda n, k: _string(n, k, p))
+    )
+    starttls = _boolean(keys["starttls"], f"{where}.starttls", p) if "starttls" in keys else True
+    username = _string(keys["username"], f"{where}.username", p) if "username" in keys else None
+    password_file = None
+    if "password_file" in keys:
+        text = _string(keys["password_file"], f"{where}.password_file", p)
+        password_file = None if text is None else base_dir / Path(text).expanduser()
+    if smtp is not None and not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", smtp):
+        p.add(keys["smtp"].line, f"{where}.smtp", f"{smtp!r} is not host:port (e.g. mail.example:587)")
+        return None
+    if smtp is None or sender is None or to is None or None in to or starttls is None:
+        return None
+    return EmailConfig(smtp, sender, tuple(t for t in to if t), starttls, username, password_file)
+
+
+def _safeguarding(node: _Node, p: _Problems, base_dir: Path) -> SafeguardingConfig | None:
+    keys = _mapping(node, "safeguarding", {"alerts", "notify", "quiet"}, p)
+    if keys is None:
+        return None
+    rules = (
+        _items(keys["alerts"], "safeguarding.alerts", p, lambda n, k: _alert_rule(n, k, p)) if "alerts" in keys else ()
+    )
+    notify = NotifyConfig()
+    if "notify" in keys:
+        nkeys = _mapping(keys["notify"], "safeguarding.notify", {"webhook", "email"}, p) or {}
+        webhook = _url(nkeys["webhook"], "safeguarding.notify.webhook", p) if "webhook" in nkeys else None
+        email = _email(nkeys["email"], p, base_dir) if "email" in nkeys else None
+        notify = NotifyConfig(webhook, email)
+    quiet = _duration(keys["quiet"], "safeguarding.quiet", p, 0, 31 * 86400) if "quiet" in keys else 3600
+    if rules is None or quiet is None:
+        return None
+    names = [r.name for r in rules]
+    for i, rule in enumerate(rules):
+        if rule.name in names[:i]:
+            p.add(keys["alerts"].line, f"safeguarding.alerts[{i}].name", f"{rule.name!r} is used by another rule")
+    return SafeguardingConfig(rules, notify, quiet)

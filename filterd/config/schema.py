@@ -58,6 +58,10 @@ class DnsConfig:
     forward_zones: tuple[tuple[str, tuple[Endpoint, ...]], ...] = ()
     #: local name -> its addresses, answered by filterd itself.
     records: tuple[tuple[str, tuple[IPAddress, ...]], ...] = ()
+    #: Drop upstream answers that put a public name on a private, loopback or link-local address (DNS rebinding).
+    rebind_protection: bool = True
+    #: Names (with everything under them) that may answer private addresses anyway, e.g. plex.direct.
+    rebind_allow: tuple[str, ...] = ()
 
 
 class BlockingMode(enum.StrEnum):
@@ -114,14 +118,16 @@ class ListConfig:
     enabled: bool = True
     #: url lists only: seconds between refreshes (each one jittered by up to 10%).
     refresh: float = DEFAULT_REFRESH
-    #: url lists only: a larger download is rejected (the last good copy stays in use).
+    #: url and path lists: a larger download or file is not used (the last good version stays in use).
     max_bytes: int = DEFAULT_MAX_BYTES
-    #: url lists only: a download with fewer than this share of the last good copy's entries is held back.
+    #: url and path lists: a version with fewer than this share of the last good one's entries is held back.
     shrink_guard: float = 0.5
     #: url lists only: seconds one download attempt may take.
     timeout: float = DEFAULT_LIST_TIMEOUT
     #: url lists only: the built-in list served until the first download succeeds (never an empty list).
     fallback: str | None = None
+    #: Take entries that are public suffixes (`com`, `co.uk`, `github.io`); refused as invalid lines otherwise.
+    allow_suffixes: bool = False
 
     @property
     def source(self) -> str:
@@ -167,6 +173,28 @@ class SafeSearchConfig:
     ecosia: bool = True
     pixabay: bool = True
     yandex: bool = True
+
+
+#: Never rate limited unless `ratelimit.exempt` says otherwise: this machine itself.
+DEFAULT_RATELIMIT_EXEMPT: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """`ratelimit`: a token bucket per client /24 (IPv4) or /56 (IPv6) for UDP queries (`pipeline/ratelimit.py`);
+    `false` turns it off. The defaults are far above a busy household or classroom (docs/pipeline.md)."""
+
+    enabled: bool = True
+    #: Queries per second one network may send, sustained: 30 devices each loading a cold 100-host page every 7 s.
+    qps: float = 2000.0
+    #: Queries one network may send at once (the bucket's size): 30 devices loading such a page in the same second,
+    #: and half again (bench/browser_burst.py measured about 350 queries for one, IPv4 only).
+    burst: int = 20000
+    #: Every slip-th query over the rate gets an empty TC=1 reply (the client retries over TCP); the rest are
+    #: dropped. 0: drop them all; 1: slip them all.
+    slip: int = 2
+    #: Client networks never limited; replaces the default (loopback).
+    exempt: tuple[IPNetwork, ...] = DEFAULT_RATELIMIT_EXEMPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +306,56 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryLogConfig:
+    """`querylog`: who asked what and what filterd did, in SQLite in `state_dir`, for `retention` seconds."""
+
+    retention: int = 14 * 86400
+    #: full | hash-clients | blocked-only | off (filterd/querylog/record.py says what each keeps)
+    privacy: str = "full"
+    #: A second sink: one JSON object a line, appended (for Loki or Elasticsearch when several instances run).
+    jsonl: Path | None = None
+    #: Whether the config has a `querylog` section (then state_dir is used even without the admin API).
+    configured: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """One safeguarding alert: `attempts` blocked attempts by one device within `within` seconds, for names in
+    `categories` (a category or a list name), optionally only in the `when` windows."""
+
+    name: str
+    categories: tuple[str, ...]
+    attempts: int = 1
+    within: int = 600
+    when: tuple[Window, ...] = ()
+    timezone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmailConfig:
+    smtp: str  # host:port
+    sender: str
+    to: tuple[str, ...]
+    starttls: bool = True
+    username: str | None = None
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    webhook: str | None = None
+    email: EmailConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SafeguardingConfig:
+    alerts: tuple[AlertRule, ...] = ()
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    #: At most one alert per device and rule in this many seconds.
+    quiet: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     dns: DnsConfig
     blocking: BlockingConfig = field(default_factory=BlockingConfig)
@@ -290,6 +368,8 @@ class Config:
     bypass_protection: bool = True
     #: Off by default; per provider (`pipeline/safesearch.py`).
     safe_search: SafeSearchConfig = field(default_factory=SafeSearchConfig)
+    #: On by default; `ratelimit: false` turns it off (`enabled=False`).
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     #: None: the listener is off.
     metrics: MetricsConfig | None = None
     #: None: the block page is off.
@@ -306,6 +386,10 @@ class Config:
     schedules: tuple[ScheduleConfig, ...] = ()
     #: DHCP lease files (dnsmasq or Kea CSV) that name clients for `groups[].clients` names and MACs.
     dhcp_leases: tuple[Path, ...] = ()
+    #: The private query log.
+    querylog: QueryLogConfig = field(default_factory=QueryLogConfig)
+    #: Alerts to a safeguarding lead after repeated attempts.
+    safeguarding: SafeguardingConfig = field(default_factory=SafeguardingConfig)
     #: Where the config came from ("<embedded default>" or a path), for messages.
     source: str = "<embedded default>"
 

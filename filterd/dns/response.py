@@ -29,7 +29,7 @@ class Response:
     ttl_offsets: tuple[int, ...]
     ttls: tuple[int, ...]
     answer_count: int
-    #: Targets of CNAME / DNAME records in the answer section.
+    #: Targets of CNAME / DNAME records in the answer section, as `wire.name_text` (the query name's form).
     cnames: tuple[str, ...]
     #: min(SOA TTL, SOA MINIMUM) of an SOA in the authority section (RFC 2308), if there is one.
     negative_ttl: int | None
@@ -40,7 +40,23 @@ class Response:
 
 
 def parse_response(data: bytes, question_len: int) -> Response:
-    """Read a response whose question (already checked) is `question_len` bytes long. Raises WireError."""
+    """Read a response whose question (already checked) is `question_len` bytes long.
+
+    Raises WireError, and nothing else, for anything filterd could not relay as a well-formed reply: a record
+    or a name that runs past the end, a compression pointer that does not point back, an OPT record outside
+    the additional section, an IN A or AAAA record of the wrong size, a CNAME, DNAME or SOA whose names overrun
+    their rdata. The resolver counts that as the upstream failing and asks the next one."""
+    try:
+        return _parse_response(data, question_len)
+    except (struct.error, IndexError, ValueError) as exc:  # a bug's way out for a hostile reply: still a failure
+        raise WireError(wire.FORMERR, f"unreadable response ({exc})") from None
+
+
+#: rdata sizes of the fixed-size types filterd relays most (RFC 1035 3.4.1, RFC 3596).
+_RDATA_SIZE = {wire.T_A: 4, wire.T_AAAA: 16}
+
+
+def _parse_response(data: bytes, question_len: int) -> Response:
     if len(data) < 12 + question_len:
         raise WireError(wire.FORMERR, "response shorter than its question")
     _, flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHHHH", data)
@@ -57,24 +73,33 @@ def parse_response(data: bytes, question_len: int) -> Response:
         _, pos = wire.read_name(data, pos)
         if pos + 10 > len(data):
             raise WireError(wire.FORMERR, "record runs past the end of the response")
-        rtype, _, ttl, rdlength = _RR.unpack_from(data, pos)
+        rtype, rclass, ttl, rdlength = _RR.unpack_from(data, pos)
         rdata_at = pos + 10
         end = rdata_at + rdlength
         if end > len(data):
             raise WireError(wire.FORMERR, "rdata runs past the end of the response")
         if rtype == wire.T_OPT:
+            if index < ancount + nscount:  # RFC 6891 6.1.1: OPT only in the additional section
+                raise WireError(wire.FORMERR, "OPT record outside the additional section")
             removed += 1
             pos = end
             continue
+        if rclass == wire.C_IN and rdlength != _RDATA_SIZE.get(rtype, rdlength):
+            raise WireError(wire.FORMERR, f"type {rtype} record with {rdlength} bytes of rdata")
         offsets.append(out_len + (pos - start) + 4)
         ttls.append(ttl & 0x7FFFFFFF)
-        if index < ancount and rtype in (wire.T_CNAME, 39):
-            labels, _ = wire.read_name(data, rdata_at)
-            cnames.append(".".join(label.decode("ascii", "replace").lower() for label in labels))
-        elif ancount <= index < ancount + nscount and rtype == wire.T_SOA:
+        if rtype in (wire.T_CNAME, 39):
+            labels, after = wire.read_name(data, rdata_at)
+            if after != end:
+                raise WireError(wire.FORMERR, "CNAME or DNAME rdata is not one name")
+            if index < ancount:
+                cnames.append(wire.name_text(labels))
+        elif rtype == wire.T_SOA:
             _, after = wire.read_name(data, rdata_at)
             _, after = wire.read_name(data, after)
-            if after + 20 <= end:
+            if after + 20 != end:
+                raise WireError(wire.FORMERR, "SOA rdata is not two names and five numbers")
+            if ancount <= index < ancount + nscount:
                 minimum = struct.unpack_from("!I", data, after + 16)[0]
                 value = min(ttl & 0x7FFFFFFF, minimum)
                 ttls[-1] = value  # RFC 2308 3: the SOA's TTL in a negative answer is min(TTL, MINIMUM)

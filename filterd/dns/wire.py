@@ -42,7 +42,8 @@ EDE_NETWORK_ERROR = 23
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _H = struct.Struct("!H")
-_MAX_POINTERS = 64  # more compression jumps than this is a loop
+#: Compression pointers followed in one name, at most (dnspython's limit: a reply we relay must parse there too).
+_MAX_POINTERS = 16
 
 
 class WireError(Exception):
@@ -69,7 +70,7 @@ class Question:
 
     id: int
     flags: int
-    #: Lower-case, no trailing dot, "" for the root; bytes outside letters/digits/-/_ are \\DDD escaped.
+    #: `name_text` of the question name: lower-case, no trailing dot, "" for the root, odd bytes \\DDD escaped.
     qname: str
     qtype: int
     qclass: int
@@ -87,7 +88,12 @@ class Question:
         return min(max(self.edns.udp_size, 512), EDNS_UDP_SIZE)
 
 
-def _name_text(labels: list[bytes]) -> str:
+def name_text(labels: list[bytes]) -> str:
+    """A name as filterd's text: lower-case, dot-separated, no trailing dot ("" for the root).
+
+    Plain printable ASCII is kept as it is; a name with any other byte (a space, a backslash, a dot inside a
+    label, a control or non-ASCII byte) has every byte outside letters, digits, `-` and `_` written `\\DDD`
+    (RFC 1035 5.1). The text is unambiguous and `encode_name` is its exact inverse."""
     joined = b".".join(labels)
     if joined.isascii() and joined.count(b".") == len(labels) - 1 and b"\\" not in joined:
         text = joined.decode("ascii").lower()
@@ -102,39 +108,72 @@ def _escape(byte: int) -> str:
 
 
 def read_name(data: bytes, offset: int) -> tuple[list[bytes], int]:
-    """Read a possibly compressed name; return its labels and the offset just past it where it started."""
+    """Read a possibly compressed name; return its labels and the offset just past it where it started.
+
+    Pointers follow dnspython's rules, so a reply relayed from a name read here parses there too: each one
+    points before the part of the name it was read from (so no loop and no forward reference), what it points
+    to ends before that part, and a name follows at most 16 of them."""
     labels: list[bytes] = []
     end = -1
+    start = offset  # where the part of the name being read starts
+    limit = len(data)  # and where it must end
     jumps = 0
     total = 0
     while True:
-        if offset >= len(data):
+        if offset >= limit:
             raise WireError(FORMERR, "name runs past the end of the packet")
         length = data[offset]
         if length == 0:
             offset += 1
             break
         if length & 0xC0 == 0xC0:
-            if offset + 1 >= len(data):
+            if offset + 1 >= limit:
                 raise WireError(FORMERR, "truncated compression pointer")
+            target = ((length & 0x3F) << 8) | data[offset + 1]
+            if target >= start:
+                raise WireError(FORMERR, "compression pointer that does not point back (a loop or a forward reference)")
             jumps += 1
             if jumps > _MAX_POINTERS:
-                raise WireError(FORMERR, "compression pointer loop")
+                raise WireError(FORMERR, f"more than {_MAX_POINTERS} compression pointers in a name")
             if end < 0:
                 end = offset + 2
-            offset = ((length & 0x3F) << 8) | data[offset + 1]
+            limit, start, offset = start, target, target
             continue
         if length & 0xC0:
             raise WireError(FORMERR, "unknown label type")
-        label = data[offset + 1 : offset + 1 + length]
-        if len(label) != length:
+        if offset + 1 + length > limit:
             raise WireError(FORMERR, "label runs past the end of the packet")
         total += length + 1
         if total > 254:
             raise WireError(FORMERR, "name longer than 255 bytes")
-        labels.append(label)
+        labels.append(data[offset + 1 : offset + 1 + length])
         offset += 1 + length
     return labels, (end if end >= 0 else offset)
+
+
+def read_question_name(data: bytes, offset: int) -> tuple[list[bytes], int]:
+    """Read a question's name, which must not be compressed: a pointer there can only point into the header,
+    at the name itself or forward (RFC 1035 4.1.4: to a prior occurrence), and bytes holding one could not be
+    echoed in a reply or forwarded as they are."""
+    labels: list[bytes] = []
+    total = 0
+    while True:
+        if offset >= len(data):
+            raise WireError(FORMERR, "name runs past the end of the packet")
+        length = data[offset]
+        if length == 0:
+            return labels, offset + 1
+        if length & 0xC0 == 0xC0:
+            raise WireError(FORMERR, "compressed question name")
+        if length & 0xC0:
+            raise WireError(FORMERR, "unknown label type")
+        if offset + 1 + length > len(data):
+            raise WireError(FORMERR, "label runs past the end of the packet")
+        total += length + 1
+        if total > 254:
+            raise WireError(FORMERR, "name longer than 255 bytes")
+        labels.append(data[offset + 1 : offset + 1 + length])
+        offset += 1 + length
 
 
 def _skip_rr(data: bytes, offset: int) -> int:
@@ -159,9 +198,7 @@ def parse_query(data: bytes) -> Question:
         raise WireError(NOTIMP, f"opcode {(flags >> 11) & 0xF} is not QUERY")
     if qdcount != 1:
         raise WireError(FORMERR, f"{qdcount} questions (exactly one is supported)")
-    if data[12:13] and data[12] & 0xC0 == 0xC0:
-        raise WireError(FORMERR, "compressed question name")
-    labels, offset = read_name(data, 12)
+    labels, offset = read_question_name(data, 12)
     if offset + 4 > len(data):
         raise WireError(FORMERR, "question runs past the end of the packet")
     qtype, qclass = struct.unpack_from("!HH", data, offset)
@@ -185,7 +222,7 @@ def parse_query(data: bytes) -> Question:
                 pos += 11 + rdlength
             else:
                 pos = _skip_rr(data, pos)
-    question = Question(qid, flags, _name_text(labels), qtype, qclass, data[12:end], edns, end)
+    question = Question(qid, flags, name_text(labels), qtype, qclass, data[12:end], edns, end)
     if edns is not None and edns.version != 0:
         raise BadVersion(question)
     return question
@@ -200,10 +237,57 @@ class BadVersion(WireError):
 
 
 def encode_name(name: str) -> bytes:
-    """A dotted name (no escapes: list entries are plain hostnames) -> wire format."""
+    """A name in filterd's text (`name_text`; list entries and config names are plain hostnames) -> wire format.
+    `\\DDD` (and `\\X`) escapes are read back, so a query name's text gives the client's own labels again.
+    ValueError for what is not a name (an empty or over-long label, a bad escape, over 255 bytes): never a
+    malformed owner in a reply."""
     if not name:
         return b"\x00"
-    return b"".join(bytes([len(p)]) + p for p in (label.encode("ascii") for label in name.split("."))) + b"\x00"
+    if "\\" not in name:
+        labels = [label.encode("ascii") for label in name.split(".")]
+    else:
+        labels = [_unescape(label) for label in _split_text(name)]
+    out = b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+    if len(out) > 255 or any(not 0 < len(label) < 64 for label in labels):
+        raise ValueError(f"not a domain name: {name!r}")
+    return out
+
+
+def _split_text(name: str) -> list[str]:
+    """Labels of an escaped name: split at the dots that are not escaped."""
+    labels: list[str] = []
+    start = i = 0
+    while i < len(name):
+        if name[i] == "\\":
+            i += 2 if i + 1 < len(name) and not name[i + 1].isdigit() else 4
+            continue
+        if name[i] == ".":
+            labels.append(name[start:i])
+            start = i + 1
+        i += 1
+    labels.append(name[start:])
+    return labels
+
+
+def _unescape(label: str) -> bytes:
+    out = bytearray()
+    i = 0
+    while i < len(label):
+        ch = label[i]
+        if ch != "\\":
+            out += ch.encode("ascii")
+            i += 1
+            continue
+        digits = label[i + 1 : i + 4]
+        if len(digits) == 3 and digits.isdigit() and digits.isascii() and int(digits) < 256:
+            out.append(int(digits))
+            i += 4
+        elif i + 1 < len(label) and not label[i + 1].isdigit():
+            out += label[i + 1].encode("ascii")
+            i += 2
+        else:
+            raise ValueError(f"bad escape in {label!r}")
+    return bytes(out)
 
 
 def rr(owner: bytes, rtype: int, ttl: int, rdata: bytes, rclass: int = C_IN) -> bytes:
@@ -235,8 +319,9 @@ def build_reply(
     authority: tuple[bytes, ...] = (),
     ede: tuple[int, str] | None = None,
 ) -> bytes:
-    """A reply synthesized by filterd: RA=1, AA=0, AD=0, RD and CD copied; EDNS only if the query had it."""
-    flags = QR | RA | (q.flags & (RD | CD)) | (rcode & 0xF)
+    """A reply synthesized by filterd: RA=1 (RA=0 with REFUSED: no recursion for this query), AA=0, AD=0, RD and
+    CD copied; EDNS only if the query had it."""
+    flags = QR | (RA if rcode != REFUSED else 0) | (q.flags & (RD | CD)) | (rcode & 0xF)
     additional = b""
     if q.edns is not None:
         additional = opt_record(ede, q.edns.do, rcode >> 4)
@@ -245,17 +330,20 @@ def build_reply(
 
 
 def error_reply(data: bytes, rcode: int) -> bytes | None:
-    """FORMERR/NOTIMP for a packet we could not parse fully: header (and question, if readable) echoed."""
+    """FORMERR/NOTIMP for a packet we could not parse fully: the header echoed, and the question when it is one
+    well-formed uncompressed question of a QUERY. Of another opcode only the header is known to have this
+    layout (RFC 8906 3.1.4; an UPDATE's zone must be of type SOA), so it gets the header alone."""
     if len(data) < 12:
         return None
-    qid, flags = struct.unpack_from("!HH", data)
+    qid, flags, qdcount = struct.unpack_from("!HHH", data)
     question = b""
-    try:
-        _, offset = read_name(data, 12)
-        if _HEADER.unpack_from(data)[2] == 1 and offset + 4 <= len(data):
-            question = data[12 : offset + 4]
-    except WireError:
-        pass
+    if qdcount == 1 and not flags & (0xF << 11):
+        try:
+            _, offset = read_question_name(data, 12)  # never a compressed name: its pointer would point nowhere
+            if offset + 4 <= len(data):
+                question = data[12 : offset + 4]
+        except WireError:
+            pass
     out_flags = QR | RA | (flags & (0xF << 11)) | (flags & (RD | CD)) | (rcode & 0xF)
     return _HEADER.pack(qid, out_flags, 1 if question else 0, 0, 0, 0) + question
 
@@ -303,7 +391,7 @@ def answer_names(response: bytes) -> list[tuple[int, str]]:
             pos += 10
             if rtype in (T_CNAME, 39):
                 labels, _ = read_name(response, pos)
-                out.append((rtype, _name_text(labels)))
+                out.append((rtype, name_text(labels)))
             pos += rdlength
         return out
     except (WireError, struct.error):

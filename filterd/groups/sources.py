@@ -165,6 +165,10 @@ class DirectoryRefresher:
         within a second instead of at the next round."""
         self._wake.set()
 
+    def initial(self) -> Directory:
+        """What is known without waiting (dns.records and the lease files), for the first queries after start."""
+        return build_directory({}, self.records, self._read_leases() if self.lease_files else [], {})
+
     @property
     def needed(self) -> bool:
         return self.wants_macs or self.wants_names

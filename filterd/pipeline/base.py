@@ -31,6 +31,10 @@ class Decision(enum.StrEnum):
     LOCAL = "local"
     REFUSED = "refused"
     ERROR = "error"
+    #: Over the client network's rate limit: an empty TC=1 reply (a "slip"; the client retries over TCP).
+    RATELIMITED = "ratelimited"
+    #: No reply at all (over the rate limit, not slipped): the transport sends nothing; the Answer's wire is empty.
+    DROPPED = "dropped"
 
 
 @dataclass(slots=True)
@@ -41,6 +45,8 @@ class Query:
     protocol: str  # "udp" | "tcp"
     #: The client's group (set by the client stage); None: the top-level rules.
     group: Group | None = None
+    #: When the query arrived (time.perf_counter()), set only while the query log needs answer times.
+    received: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,8 @@ class Answer:
     reason: str = ""
     #: The upstream's response as read (client-independent), for the stages that cache or inspect it.
     response: Response | None = None
+    #: For a block: the category of what matched (the query log and the safeguarding alerts count by it).
+    category: str = ""
 
 
 #: The reason of an error answer when every upstream answered SERVFAIL: the cache remembers those briefly.

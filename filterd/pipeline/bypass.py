@@ -141,4 +141,4 @@ class BypassStage(PassThrough):
         if signal is None:
             return None
         reply = wire.build_reply(q, signal.rcode, authority=(self._soa[signal.name],), ede=self._ede)
-        return Answer(reply, Decision.BLOCKED, BYPASS_LIST)
+        return Answer(reply, Decision.BLOCKED, BYPASS_LIST, category=BYPASS_LIST)

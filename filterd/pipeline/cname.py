@@ -22,5 +22,5 @@ class CnameStage(PassThrough):
             match = self.policy.decide(target, query.group)
             if match is not None:
                 reply = self.policy.reply(query, match)
-                return Answer(reply, Decision.BLOCKED, f"{match.list} (CNAME {target})")
+                return Answer(reply, Decision.BLOCKED, match.list, category=match.category)
         return answer

@@ -64,8 +64,11 @@ def _rfc6303_zones() -> list[str]:
     return zones
 
 
-#: Zones answered NXDOMAIN here unless forwarded on purpose (a zone name -> itself, for SOA owners).
+#: Zones answered NXDOMAIN here unless forwarded on purpose.
 NEVER_LEAKED = frozenset(["invalid", "local", "home.arpa", *_rfc6303_zones()])
+#: Each zone's name in wire format: the owner of its SOA.
+_ZONE_OWNERS = {zone: wire.encode_name(zone) for zone in NEVER_LEAKED}
+_SOA_RDATA = wire.soa_rdata(_SOA_MNAME, _SOA_RNAME, LOCAL_TTL)
 
 
 def reverse_name(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -106,11 +109,13 @@ class LocalStage(PassThrough):
         if not name or self._forwarded(name):
             return None
         zone = self._never_leaked(name)
-        if zone is None and "." not in name and qtype not in _TLD_TYPES:
-            zone = name
-        if zone is None:
+        if zone is not None:
+            owner = _ZONE_OWNERS[zone]
+        elif "." not in name and qtype not in _TLD_TYPES:
+            zone, owner = name, wire.NAME_PTR  # a single label is its own zone: the question's own bytes
+        else:
             return None
-        soa = wire.rr(wire.encode_name(zone), wire.T_SOA, LOCAL_TTL, wire.soa_rdata(_SOA_MNAME, _SOA_RNAME, LOCAL_TTL))
+        soa = wire.rr(owner, wire.T_SOA, LOCAL_TTL, _SOA_RDATA)
         return Answer(wire.build_reply(q, wire.NXDOMAIN, authority=(soa,)), Decision.LOCAL, f"local zone {zone}")
 
     def explain(self, name: str) -> str | None:
@@ -136,8 +141,7 @@ class LocalStage(PassThrough):
         )
         authority: tuple[bytes, ...] = ()
         if not answers:
-            soa_rdata = wire.soa_rdata(_SOA_MNAME, _SOA_RNAME, LOCAL_TTL)
-            authority = (wire.rr(wire.encode_name(name), wire.T_SOA, LOCAL_TTL, soa_rdata),)
+            authority = (wire.rr(wire.NAME_PTR, wire.T_SOA, LOCAL_TTL, _SOA_RDATA),)  # owner: the query name
         return Answer(wire.build_reply(q, answers=answers, authority=authority), Decision.LOCAL, "dns.records")
 
     def _localhost(self, query: Query) -> Answer:

@@ -95,4 +95,4 @@ class PolicyStage(PassThrough):
         match = self.decide(query.question.qname, query.group)
         if match is None:
             return None
-        return Answer(self.reply(query, match), Decision.BLOCKED, match.list)
+        return Answer(self.reply(query, match), Decision.BLOCKED, match.list, category=match.category)

@@ -2,7 +2,8 @@
 
 Each exchange uses a fresh random ID and a fresh socket (so a fresh random source port); a reply whose ID or
 question does not match is ignored and we keep listening until the deadline (RFC 5452). On a timeout,
-SERVFAIL, REFUSED or network error the next upstream is tried; all of them share one `dns.timeout`.
+SERVFAIL, REFUSED, network error or a reply `parse_response` cannot read (counted as `mismatch`) the next
+upstream is tried; all of them share one `dns.timeout`.
 Identical queries in flight are merged into one upstream exchange (RFC 5452 section 5). Queries under a
 `dns.forward_zones` zone go to that zone's upstreams. An upstream that keeps timing out is skipped until a
 probe shows it alive again (`UpstreamHealth`).

@@ -1,17 +1,21 @@
 """QueryHandler: raw packet in, raw reply out, for every transport.
 
 Returns the reply bytes at once when a stage answered synchronously (blocked, refused, local), or an
-awaitable for the rest. Never raises: a packet can at worst be dropped or get SERVFAIL.
+awaitable for the rest; None (at once or awaited) when nothing is to be sent: a packet dropped here, or an
+answer whose decision is DROPPED (rate limiting). Never raises: a packet can at worst be dropped or get SERVFAIL.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 
 from filterd.dns import wire
 from filterd.metrics import Metrics
 from filterd.pipeline.base import Answer, Decision, Pipeline, Query
+from filterd.querylog.events import QueryEvents
+from filterd.transport.fastpath import PacketCache
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +27,29 @@ class QueryHandler:
         self.pipeline = pipeline
         self.metrics = metrics
         self.dropped = 0
+        #: The query log and the safeguarding alerts, told of every answer (None: neither is on).
+        self.events: QueryEvents | None = None
+        #: Blocked answers and cache hits by the query's bytes, before any parse (`fastpath.py`); one per pipeline.
+        self.fast: PacketCache | None = PacketCache.of(pipeline)
+        self._fast_for = pipeline
 
     def handle(self, data: bytes, client_ip: str, protocol: str) -> bytes | Awaitable[bytes | None] | None:
+        if self._fast_for is not self.pipeline:  # a reload swapped the pipeline: its answers may differ
+            self.fast = PacketCache.of(self.pipeline)
+            self._fast_for = self.pipeline
+        fast = self.fast
+        if fast is not None:
+            hit = fast.lookup(data, client_ip, protocol)
+            if hit is not None:
+                reply, entry = hit
+                group = entry.group
+                decision = entry.answer.decision
+                self.metrics.queries.count(
+                    protocol, entry.question.qtype, decision, "default" if group is None else group.name
+                )
+                if self.events is not None:
+                    self.events.answered(Query(data, entry.question, client_ip, protocol, group), entry.answer)
+                return reply
         try:
             q = wire.parse_query(data)
         except wire.BadVersion as exc:
@@ -35,12 +60,16 @@ class QueryHandler:
                 return None
             return self._count(wire.error_reply(data, exc.rcode), protocol, 0)
         query = Query(data, q, client_ip, protocol)
+        if self.events is not None:
+            query.received = time.perf_counter()
         try:
             answer = self.pipeline.answer_now(query)
         except Exception:
             log.exception("error answering %s %s", q.qname, q.qtype)
             answer = Answer(wire.build_reply(q, wire.SERVFAIL), Decision.ERROR, "internal error")
         if answer is not None:
+            if fast is not None and fast.missed is not None:
+                fast.store(query, answer)
             return self.finish(answer, query)
         return self._resolve(query)
 
@@ -52,10 +81,15 @@ class QueryHandler:
             answer = Answer(wire.build_reply(query.question, wire.SERVFAIL), Decision.ERROR, "internal error")
         return self.finish(answer, query)
 
-    def finish(self, answer: Answer, query: Query) -> bytes:
+    def finish(self, answer: Answer, query: Query) -> bytes | None:
+        """The reply to send, or None: send nothing (a dropped query, still counted)."""
         q = query.question
         group = query.group
         self.metrics.queries.count(query.protocol, q.qtype, answer.decision, "default" if group is None else group.name)
+        if self.events is not None:
+            self.events.answered(query, answer)
+        if answer.decision is Decision.DROPPED:
+            return None
         reply = answer.wire
         if query.protocol == "udp" and len(reply) > q.max_udp:
             reply = wire.truncate(reply, len(q.question), q.edns)

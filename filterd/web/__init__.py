@@ -1,1 +1,1 @@
-"""HTTP servers (aiohttp): the Prometheus endpoint, the block page, and later the admin API."""
+"""HTTP servers (aiohttp): the Prometheus endpoint, the block page and the admin API, all served by runner.py."""

@@ -15,6 +15,10 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from filterd.config.load import parse_duration
+from filterd.logs import ClientEvents, printable
+from filterd.querylog.report import Report, render_html, render_text
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -33,6 +37,16 @@ class AdminBackend(Protocol):
 
     async def reload(self) -> dict[str, Any]: ...
 
+    async def log_rows(
+        self, client: str | None, group: str | None, blocked: bool, since: float | None, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+    async def log_delete(self, client: str) -> dict[str, Any]: ...
+
+    async def report(self, since: float) -> Report: ...
+
+    async def suggest(self, since: float) -> list[dict[str, Any]]: ...
+
 
 class AdminRequestError(Exception):
     """A request the API refuses, with the HTTP status and a one-line reason."""
@@ -46,13 +60,22 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data, indent=2) + "\n", status=status, content_type="application/json")
 
 
-def admin_app(backend: AdminBackend, token: str) -> web.Application:
+def admin_app(backend: AdminBackend, token: str, events: ClientEvents) -> web.Application:
+    """The API over `backend`; a request without `token` is a client event (`admin_unauthorized`)."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # The header's own bytes (aiohttp decodes them as UTF-8 with surrogateescape): any byte compares, none raises.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, expected):
+            events.note(
+                "admin_unauthorized",
+                "admin: refused %s %s from %s: missing or wrong token",
+                printable(request.method, 16),
+                printable(request.path),
+                request.remote,
+            )
             return _json({"error": "missing or wrong admin token"}, 401)
         try:
             return await handler(request)
@@ -103,6 +126,52 @@ def admin_app(backend: AdminBackend, token: str) -> web.Application:
         result = await backend.reload()
         return _json(result, 200 if result.get("ok") else 400)
 
+    def since_of(query: dict[str, str], default: str | None) -> float | None:
+        text = query.get("since") or default
+        if text is None:
+            return None
+        try:
+            return float(parse_duration(text))
+        except ValueError as exc:
+            raise AdminRequestError(400, f"since: {exc}") from None
+
+    async def querylog(request: web.Request) -> web.Response:
+        query = dict(request.query)
+        since = since_of(query, None)
+        try:
+            limit = int(query.get("limit", "1000"))
+        except ValueError:
+            raise AdminRequestError(400, "limit must be a number") from None
+        rows = await backend.log_rows(
+            query.get("client") or None,
+            query.get("group") or None,
+            query.get("blocked", "") in ("1", "true", "yes"),
+            since,
+            max(1, min(limit, 100_000)),
+        )
+        return _json(rows)
+
+    async def querylog_delete(request: web.Request) -> web.Response:
+        data = await body(request)
+        client = data.get("client")
+        if not isinstance(client, str) or not client.strip():
+            raise AdminRequestError(400, 'give a client: {"client": "192.168.1.50"}')
+        return _json(await backend.log_delete(client.strip()))
+
+    async def report(request: web.Request) -> web.Response:
+        query = dict(request.query)
+        since = since_of(query, "7d")
+        assert since is not None
+        built = await backend.report(since)
+        if query.get("format") == "html":
+            return web.Response(text=render_html(built), content_type="text/html")
+        return web.Response(text=render_text(built), content_type="text/plain")
+
+    async def suggestions(request: web.Request) -> web.Response:
+        since = since_of(dict(request.query), "7d")
+        assert since is not None
+        return _json(await backend.suggest(since))
+
     app = web.Application(middlewares=[authorize], client_max_size=64 * 1024)
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/lists", lists)
@@ -111,4 +180,8 @@ def admin_app(backend: AdminBackend, token: str) -> web.Application:
     for action in ("block", "allow", "reset"):
         app.router.add_post(f"/api/{action}", local(action))
     app.router.add_post("/api/reload", reload)
+    app.router.add_get("/api/log", querylog)
+    app.router.add_post("/api/log/delete", querylog_delete)
+    app.router.add_get("/api/report", report)
+    app.router.add_get("/api/suggest", suggestions)
     return app

@@ -26,6 +26,7 @@ from filterd.blocklists.parse import normalize_name
 from filterd.config.schema import DEFAULT_CATEGORIES, BlockpageConfig, HelpItem
 from filterd.metrics import Metrics
 from filterd.web.markup import Safe, fill, join, render
+from filterd.web.runner import HANDLER_ARGS
 
 HEALTH_PATH = "/.well-known/filterd/health"
 
@@ -208,14 +209,12 @@ def blockpage_app(
             views.labels(category=label).inc()
         return response
 
-    return web.Application(
-        middlewares=[answer],
-        client_max_size=limits.body,
-        handler_args={
-            "keepalive_timeout": limits.idle,
-            "max_line_size": limits.line,
-            "max_field_size": limits.line,
-            "max_headers": limits.headers,
-            "lingering_time": limits.linger,
-        },
-    )
+    app = web.Application(middlewares=[answer], client_max_size=limits.body)
+    app[HANDLER_ARGS] = {  # served by HttpRunner, which also answers what aiohttp cannot parse
+        "keepalive_timeout": limits.idle,
+        "max_line_size": limits.line,
+        "max_field_size": limits.line,
+        "max_headers": limits.headers,
+        "lingering_time": limits.linger,
+    }
+    return app

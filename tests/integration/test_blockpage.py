@@ -14,8 +14,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from filterd.config.schema import BlockpageConfig, Endpoint
+from filterd.logs import ClientEvents
 from filterd.metrics import Metrics
 from filterd.web.blockpage import HEALTH_PATH, Limits, blockpage_app
+from filterd.web.runner import HttpRunner
 from tests.support import Dnsmasq, RunningFilterd
 
 Start = Callable[..., RunningFilterd]
@@ -299,8 +301,9 @@ def test_custom_list_texts_and_categories(start_filterd: Start, dnsmasq: Dnsmasq
 async def test_idle_and_slow_connections_are_closed() -> None:
     """A client that connects and sends nothing, or drips a request it never finishes, is cut off."""
     config = BlockpageConfig(listen=(Endpoint("127.0.0.1", 0),))
-    app = blockpage_app(config, lambda name, client: None, Metrics(CollectorRegistry(), "test"), Limits(idle=0.5))
-    runner = web.AppRunner(app)
+    metrics = Metrics(CollectorRegistry(), "test")
+    app = blockpage_app(config, lambda name, client: None, metrics, Limits(idle=0.5))
+    runner = HttpRunner(app, "blockpage", ClientEvents(metrics.client_events))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,24 +50,48 @@ def test_serve_answers_and_stops_cleanly(tmp_path: Path, dnsmasq: Dnsmasq, optio
             proc.kill()
     assert proc.returncode == 0, err
     assert f"dns: listening on 127.0.0.1:{port} (udp, tcp)" in err
-    assert "pipeline: access → client → bypass → local → cache → policy → safesearch → cname → upstream" in err
+    chain = "access → ratelimit → client → bypass → local → cache → policy → safesearch → cname → rebind → upstream"
+    assert f"pipeline: {chain}" in err
     assert "stopping" in err
 
 
+#: The embedded default's fixed ports (config/filterd.yaml), as (what, protocol, host, port).
+EMBEDDED_PORTS = [
+    ("dns", socket.SOCK_DGRAM, "127.0.0.1", 1053),
+    ("dns", socket.SOCK_STREAM, "127.0.0.1", 1053),
+    ("dns", socket.SOCK_DGRAM, "::1", 1053),
+    ("dns", socket.SOCK_STREAM, "::1", 1053),
+    ("metrics", socket.SOCK_STREAM, "127.0.0.1", 9153),
+    ("blockpage", socket.SOCK_STREAM, "127.0.0.1", 8080),
+    ("admin", socket.SOCK_STREAM, "127.0.0.1", 8053),
+]
+
+
+def _in_use(kind: socket.SocketKind, host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as sock:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as filterd: TIME_WAIT is no obstacle
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE  # no IPv6 on this machine: filterd skips ::1 too
+    return False
+
+
 def test_serve_with_the_embedded_default_runs_from_any_directory(tmp_path: Path) -> None:
-    """The embedded default listens on fixed ports; run it only when they are free (not on a dev box running it)."""
-    env = {**os.environ}
-    resolv = Path("/etc/resolv.conf")
-    if not resolv.exists():
+    """`filterd serve` with no config. The embedded default listens on fixed ports, so the test skips, saying
+    which, when something holds them (the Quick start's own server, most likely); its state goes to a temporary
+    $XDG_STATE_HOME, never the user's ~/.local/state/filterd."""
+    if not Path("/etc/resolv.conf").exists():
         pytest.skip("no /etc/resolv.conf for the default upstreams")
+    taken = sorted({f"{what} {host}:{port}" for what, kind, host, port in EMBEDDED_PORTS if _in_use(kind, host, port)})
+    if taken:
+        pytest.skip(f"the embedded default's ports are in use ({', '.join(taken)}): is a Quick-start filterd running?")
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg")}
     proc = subprocess.Popen([*FILTERD, "serve"], stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     try:
-        try:
-            _wait_for_dns(1053, proc)
-        except AssertionError as exc:
-            if "Address already in use" in str(exc):
-                pytest.skip("port 1053 is in use on this machine")
-            raise
+        _wait_for_dns(1053, proc)
         reply = query("front7.omegle.com", "AAAA", 1053)
         assert addresses(reply) == ["::1"]
         proc.send_signal(signal.SIGTERM)
@@ -75,6 +101,7 @@ def test_serve_with_the_embedded_default_runs_from_any_directory(tmp_path: Path)
             proc.kill()
     assert proc.returncode == 0
     assert "metrics: listening on http://127.0.0.1:9153/" in err
+    assert (tmp_path / "xdg" / "filterd" / "admin.token").exists()  # the state went where $XDG_STATE_HOME says
 
 
 def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
@@ -102,12 +129,11 @@ def test_config_check(tmp_path: Path) -> None:
     assert ok.returncode == 0 and ok.stdout.strip() == f"{good}: ok"
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("dns:\n  listen: [0.0.0.0]\n  upstreams: [x]\nblocking:\n  sinkhole:\n    ipv4: 1.2.3\n")
+    bad.write_text("dns:\n  listen: [router.lan]\n  upstreams: [x]\nblocking:\n  sinkhole:\n    ipv4: 1.2.3\n")
     result = subprocess.run([*FILTERD, "config", "check", str(bad)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[0].startswith(f"{bad}:2: dns.listen[0]: wildcard address 0.0.0.0")
-    assert "list this machine's LAN address" in lines[0]
+    assert lines[0].startswith(f"{bad}:2: dns.listen[0]: 'router.lan' is not an IP address")
     assert lines[1] == f"{bad}:3: dns.upstreams[0]: 'x' is not an IP address"
     assert lines[2] == f"{bad}:6: blocking.sinkhole.ipv4: '1.2.3' is not an IPv4 address"
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import dns.message
+import dns.name
+import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -113,4 +116,19 @@ def test_zone_transfers_are_not_implemented(server: RunningFilterd, fake_upstrea
     for rdtype in ("AXFR", "IXFR"):
         reply = server.query("example.org", rdtype, tcp=True)
         assert reply.rcode() == dns.rcode.NOTIMP
+    assert fake_upstream.received == []
+
+
+@pytest.mark.parametrize("label", [b"\xff" * 16, b"\xff" * 63, b"a b", b"a.b", b"a\\b", b"\\255", b"\x00"])
+@pytest.mark.parametrize("tcp", [False, True])
+def test_odd_single_labels_get_an_nxdomain_owned_by_the_name_itself(
+    server: RunningFilterd, fake_upstream: FakeUpstream, label: bytes, tcp: bool
+) -> None:
+    """Issue 13, defect 1: `dig '\\255\\255...'` got an SOA owned by the escaped text as one label (unparsable
+    past 63 bytes of it, the wrong name below)."""
+    q = dns.message.make_query(dns.name.Name([label, b""]), "A", use_edns=0)
+    send = dns.query.tcp if tcp else dns.query.udp
+    reply = send(q, "127.0.0.1", port=server.port, timeout=3)  # dnspython reads the reply, or this raises
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert reply.authority[0].rdtype == dns.rdatatype.SOA and reply.authority[0].name.labels == (label, b"")
     assert fake_upstream.received == []

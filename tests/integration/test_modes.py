@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.flags
 import dns.rcode
 import pytest
 
@@ -39,7 +40,9 @@ def test_nxdomain_mode(start_filterd: Start, dnsmasq: Dnsmasq) -> None:
 
 def test_refused_mode(start_filterd: Start, dnsmasq: Dnsmasq) -> None:
     server = start_filterd(_config(dnsmasq, "blocking: {mode: refused}"))
-    assert server.query("omegle.com", "A").rcode() == dns.rcode.REFUSED
+    reply = server.query("omegle.com", "A")
+    assert reply.rcode() == dns.rcode.REFUSED
+    assert not reply.flags & dns.flags.RA  # a REFUSED never offers recursion
 
 
 def test_custom_sinkhole_addresses(start_filterd: Start, dnsmasq: Dnsmasq) -> None:
@@ -136,4 +139,6 @@ dns:
         reply = server.query(name, "A")
         assert reply.rcode() == dns.rcode.REFUSED and reply.answer == []
         assert ede(reply)[0][0] == 18
-    assert server.query("example.org", "A", tcp=True).rcode() == dns.rcode.REFUSED
+        assert not reply.flags & dns.flags.RA and reply.flags & dns.flags.RD  # no recursion for this client
+    tcp = server.query("example.org", "A", tcp=True)
+    assert tcp.rcode() == dns.rcode.REFUSED and not tcp.flags & dns.flags.RA

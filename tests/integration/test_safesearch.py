@@ -241,7 +241,7 @@ def test_servfail_when_the_safe_host_cannot_be_resolved(start_filterd: Start, fa
 
 def test_pipeline_order(filterd: RunningFilterd) -> None:
     assert filterd.app is not None and filterd.app.pipeline is not None
-    assert "→ policy → safesearch → cname → upstream" in filterd.app.pipeline.describe()
+    assert "→ policy → safesearch → cname → rebind → upstream" in filterd.app.pipeline.describe()
 
 
 def test_filterd_check_explains_the_rewrite(

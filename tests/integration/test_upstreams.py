@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 
@@ -95,6 +96,30 @@ def test_garbage_from_upstream_is_ignored(start_filterd: Start, fake_upstream: F
     fake_upstream.behaviour = lambda q: [(0.0, b"\x00garbage"), (0.05, FakeUpstream.answer(q)[0][1])]
     server = _start(start_filterd, fake_upstream.address)
     assert addresses(server.query("example.com", "A")) == ["192.0.2.1"]
+
+
+def _opt_in_the_answer_section(q: dns.message.Message) -> list[tuple[float, bytes]]:
+    """Issue 13, defect 2: a reply whose answer section holds an OPT record, with ARCOUNT 0."""
+    reply = bytearray(dns.message.make_response(q).to_wire())
+    struct.pack_into("!H", reply, 6, 1)
+    return [(0.0, bytes(reply) + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00")]
+
+
+def test_an_unreadable_reply_fails_over_to_the_next_upstream(start_filterd: Start, fake_upstream: FakeUpstream) -> None:
+    good = FakeUpstream()
+    good.start()
+    try:
+        fake_upstream.behaviour = _opt_in_the_answer_section
+        server = _start(start_filterd, fake_upstream.address, good.address)
+        reply = server.query("example.com", "A")
+        assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["192.0.2.1"]
+        assert fake_upstream.received == ["example.com"] and good.received == ["example.com"]
+        assert server.metric("filterd_upstream_errors_total", upstream=fake_upstream.address, kind="mismatch") == 1
+        good.behaviour = lambda q: []  # and when no upstream gives a usable answer: SERVFAIL with its reason
+        reply = server.query("other.example.com", "A", timeout=5)
+        assert reply.rcode() == dns.rcode.SERVFAIL and ede(reply)[0][0] == 22
+    finally:
+        good.stop()
 
 
 def test_each_upstream_query_uses_a_fresh_id_and_port(start_filterd: Start, fake_upstream: FakeUpstream) -> None:

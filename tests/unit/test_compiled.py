@@ -140,3 +140,41 @@ def test_load_lists_reuses_an_unchanged_snapshot(tmp_path: Path) -> None:
     changed = load_lists(configs, None, snapshot)
     assert changed.matcher.match("a.example") is None and changed.matcher.match("b.example") is not None
     assert first.matcher.match("a.example") is not None  # the old mapping still answers until dropped
+
+
+def test_an_isolated_compile_gives_the_same_snapshot(tmp_path: Path) -> None:
+    """Compiled in a child process (a server that is answering), the lists are the same, report included."""
+    from filterd.blocklists.compiled import compile_and_open
+
+    (tmp_path / "a.txt").write_text("# category: x\na.example\ncom\nbad..name\n@@||b.a.example^\n")
+    (tmp_path / "b.txt").write_text("0.0.0.0 c.example d.example\n")
+    specs = [ListFile("a", "a-cat", tmp_path / "a.txt", "adblock"), ListFile("b", "b-cat", tmp_path / "b.txt")]
+    here, here_matcher = compile_and_open(specs, tmp_path / "here.snapshot", fingerprint="f")
+    child, child_matcher = compile_and_open(specs, tmp_path / "child.snapshot", fingerprint="f", isolated=True)
+    assert child == here and child.skipped["a"].count == 2
+    assert (tmp_path / "child.snapshot").read_bytes() == (tmp_path / "here.snapshot").read_bytes()
+    for name in ("a.example", "x.a.example", "b.a.example", "c.example", "com", "x.com"):
+        assert child_matcher.match(name) == here_matcher.match(name), name
+    assert child_matcher.fingerprint == "f" and not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_isolated_compile_falls_back_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No usable interpreter for the child (a frozen build, a sandbox): compiled here, with a warning."""
+    import sys
+
+    from filterd.blocklists.compiled import compile_and_open
+
+    (tmp_path / "a.txt").write_text("a.example\n")
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    report, matcher = compile_and_open([ListFile("a", "a", tmp_path / "a.txt")], tmp_path / "s", isolated=True)
+    assert report.entries == {"a": 1} and matcher.match("a.example") is not None
+    assert "compiling in a child process failed" in caplog.text
+
+
+def test_an_isolated_compile_reports_an_unreadable_list(tmp_path: Path) -> None:
+    from filterd.blocklists.compiled import compile_and_open
+
+    with pytest.raises(CompileError, match="No such file"):
+        compile_and_open([ListFile("a", "a", tmp_path / "missing.txt")], tmp_path / "s", isolated=True)

@@ -72,6 +72,11 @@ def test_url_list_keys() -> None:
             "f.yaml:4: lists[0].refresh: applies only to a list with a url",
         ),
         (
+            "lists:\n  - {builtin: chat-roulette, shrink_guard: 0.9}\n",
+            "f.yaml:4: lists[0].shrink_guard: applies only to a list with a url (or, this one, a path)",
+        ),
+        ("lists:\n  - {builtin: chat-roulette, allow_suffixes: 1}\n", "lists[0].allow_suffixes: must be true or"),
+        (
             "lists:\n  - {url: 'http://a/x.txt'}\n  - {url: 'http://b/x.txt'}\n",
             "lists[1].name: 'x' is used by another list already",
         ),
@@ -149,3 +154,31 @@ def test_the_embedded_default_keeps_state_where_the_user_may_write(monkeypatch: 
     assert load_embedded().state_dir == Path.home() / ".local" / "state" / "filterd"
     monkeypatch.setenv("XDG_STATE_HOME", "/tmp/xdg-state")
     assert load_embedded().state_dir == Path("/tmp/xdg-state/filterd")
+
+
+def test_path_list_keys(tmp_path: Path) -> None:
+    """A path list is checked like a download (blocklists/guard.py): it takes max_bytes and shrink_guard too;
+    any list takes allow_suffixes."""
+    (tmp_path / "extra.txt").write_text("a.example\n")
+    [extra, shipped] = parse_config(
+        HEAD + "lists:\n  - {path: extra.txt, max_bytes: 1MB, shrink_guard: 0, allow_suffixes: true}\n"
+        "  - builtin: chat-roulette\n",
+        "f.yaml",
+        base_dir=tmp_path,
+    ).lists
+    assert (extra.max_bytes, extra.shrink_guard, extra.allow_suffixes) == (1024 * 1024, 0.0, True)
+    assert (shipped.shrink_guard, shipped.allow_suffixes) == (0.5, False)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_a_list_file_that_cannot_be_read_is_an_error_only_for_config_check(tmp_path: Path, kind: str) -> None:
+    """`filterd config check` says so; the server (check_files=False) starts without that list and keeps trying."""
+    if kind == "directory":
+        (tmp_path / "extra.txt").mkdir()
+    text = HEAD + "lists:\n  - {path: extra.txt}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", base_dir=tmp_path)
+    expected = "is a directory, not a list file" if kind == "directory" else "no such file"
+    assert any(p.startswith("f.yaml:4: lists[0].path: ") and expected in p for p in info.value.problems)
+    [extra] = parse_config(text, "f.yaml", base_dir=tmp_path, check_files=False).lists
+    assert extra.path == tmp_path / "extra.txt"

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 
+import pytest
+
 from filterd.config import schema
+from filterd.config.load import parse_config
+from filterd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-INTERNAL = {"source"}  # fields that are not YAML keys
+INTERNAL = {"source", "configured"}  # fields that are not YAML keys
 #: Schema fields written differently in YAML (a schedule is a mapping entry, its windows are strings).
 ALIASES = {
     "schedules[].name": "schedules.NAME",
@@ -20,6 +25,11 @@ ALIASES = {
     "schedules[].block_all": "schedules.NAME.block",
     "schedules[].lists": "schedules.NAME.block",
     "schedules[].timezone": "schedules.NAME.timezone",
+    "safeguarding.alerts[].when[].days": "safeguarding.alerts[].when",
+    "safeguarding.alerts[].when[].start": "safeguarding.alerts[].when",
+    "safeguarding.alerts[].when[].end": "safeguarding.alerts[].when",
+    "safeguarding.alerts[].when[].text": "safeguarding.alerts[].when",
+    "safeguarding.notify.email.sender": "safeguarding.notify.email.from",
 }
 
 
@@ -67,3 +77,44 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_readme_install_command_installs_and_serves() -> None:
     readme = (ROOT / "README.md").read_text()
     assert ".venv/bin/pip install . && .venv/bin/filterd serve" in readme
+
+
+def _readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"\n## {title}\n")
+    end = readme.find("\n## ", start + 1)
+    return readme[start : end if end >= 0 else None]
+
+
+def test_readme_tree_lists_every_module_once() -> None:
+    """The "How it is built" tree names each file `find filterd -name '*.py'` finds, once, and no other."""
+    section = _readme_section("How it is built")
+    tree = section[section.index("```\nfilterd/\n") + 4 :]
+    tree = tree[: tree.index("```")]
+    listed: list[str] = []
+    folder = ""
+    for line in tree.splitlines()[1:]:
+        indent = len(line) - len(line.lstrip(" "))
+        if indent == 0:
+            break  # past filterd/: the repository's other folders
+        if indent == 2:
+            first = line.split()[0]
+            folder = first if first.endswith("/") else ""
+        listed += [folder + name for name in re.findall(r"(?<![\w/.-])([\w/]+\.py)\b", line)]
+    on_disk = sorted(str(path.relative_to(ROOT / "filterd")) for path in (ROOT / "filterd").rglob("*.py"))
+    assert sorted(listed) == on_disk, {"missing": set(on_disk) - set(listed), "not there": set(listed) - set(on_disk)}
+    assert len(listed) == len(set(listed)), "a file is listed twice"
+
+
+def test_readme_example_config_passes_config_check_once_its_list_exists(tmp_path: Path) -> None:
+    section = _readme_section("Running it for a network")
+    example = section[section.index("```yaml\n") + 8 :]
+    example = example[: example.index("```")]
+    assert "/etc/filterd/extra.txt" in example and "create `/etc/filterd/extra.txt` first" in section
+    if not Path("/etc/filterd/extra.txt").exists():
+        with pytest.raises(ConfigError) as info:
+            parse_config(example, "filterd.yaml")
+        assert info.value.problems == ["filterd.yaml:10: lists[1].path: no such file: /etc/filterd/extra.txt"]
+    assert "`lists[1].path: no such file: /etc/filterd/extra.txt`" in section  # as the README says
+    (tmp_path / "extra.txt").write_text("")
+    parse_config(example.replace("/etc/filterd/extra.txt", str(tmp_path / "extra.txt")), "filterd.yaml")

@@ -17,7 +17,7 @@ sys.path.insert(0, str(TOOLS))
 import evaluate  # noqa: E402  (beside the generators, not a package)
 
 #: The README's figures are at least these; a list change that lowers them must say why.
-MIN_HELDOUT_RECALL = 0.55
+MIN_HELDOUT_RECALL = 0.57
 
 
 @pytest.fixture(scope="module")

@@ -465,8 +465,14 @@ def test_sample_blocklistproject_format_is_detected(fmt: str) -> None:
     assert detect_format(text) == fmt
     parsed = parse_list(text)
     assert parsed.format == fmt
-    assert len(parsed.entries) == 76_036  # the header's "Entries: 76,036"
-    assert parsed.skipped == Skipped(0, None, None)
+    if fmt == "hosts":
+        assert len(parsed.entries) == 76_036  # the header's "Entries: 76,036"
+        assert parsed.skipped == Skipped(0, None, None)
+    else:  # as subtrees, two dynamic-DNS platforms would block every name their users have: refused
+        assert len(parsed.entries) == 76_034
+        reason = "'hopto.org' is a public suffix: it would block every site under it"
+        assert parsed.skipped == Skipped(2, 26_207, reason)
+        assert len(parse_list(text, allow_suffixes=True).entries) == 76_036
     assert all(e.subtree is (fmt != "hosts") and not e.exception for e in parsed.entries)
 
 
@@ -476,16 +482,31 @@ def test_sample_blocklistproject_three_syntaxes_give_the_same_names() -> None:
         fmt: set(names(parse_list(_sample(f"blocklistproject-basic.{fmt}.txt"))))
         for fmt in ("hosts", "domains", "adblock")
     }
-    assert sets["hosts"] == sets["domains"] == sets["adblock"]
+    assert sets["hosts"] - {"hopto.org", "redirectme.net"} == sets["domains"] == sets["adblock"]  # (suffixes)
     assert len(sets["hosts"]) == 76_036
     assert sum(name.startswith("xn--") or ".xn--" in name for name in sets["hosts"]) == 276  # README quirks
     assert sum("_" in name for name in sets["hosts"]) == 4
 
 
-# (file, format, entries, skipped count, first skipped line, its reason); all skips are bare IPv4 addresses.
+# (file, format, entries, skipped count, first skipped line, its reason); all skips are bare IPv4 addresses or
+# public suffixes (sex.hu, bologna.it, tochigi.jp...: each would block every site under it).
 _OTHER_SAMPLES = [
-    ("shadowwhisperer-adult.domains.txt", "domains", 219_522, 0, None, None),
-    ("dibdot-doh-domains.txt", "domains", 1_376, 0, None, None),
+    (
+        "shadowwhisperer-adult.domains.txt",
+        "domains",
+        219_517,
+        5,
+        33_753,
+        "'bologna.it' is a public suffix: it would block every site under it",
+    ),
+    (
+        "dibdot-doh-domains.txt",
+        "domains",
+        1_375,
+        1,
+        865,
+        "'eth.link' is a public suffix: it would block every site under it",
+    ),
     # 73 of 268 lines are bare IPv4 addresses
     ("ut1-chat.domains.txt", "domains", 195, 73, 2, "an IP address, not a hostname: '193.238.160.62'"),
     ("ut1-doh.domains.txt", "domains", 2_996, 19, 5, "an IP address, not a hostname: '1.0.0.1'"),
@@ -522,3 +543,84 @@ def test_sample_sinfonietta_quirks() -> None:
     uppercase_lines = {n for n, raw in enumerate(text.split("\n"), 1) if raw != raw.lower()}
     assert len(uppercase_lines) == 3
     assert all(e.name == e.name.lower() for e in parsed.entries)
+
+
+# --- public suffixes (issue 13, defect 8) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "fmt", "reason"),
+    [
+        ("com", "domains", "'com' is a public suffix: it would block a whole TLD"),
+        ("*.com", "domains", "'com' is a public suffix: it would block a whole TLD"),
+        ("COM.", "domains", "'com' is a public suffix: it would block a whole TLD"),
+        ("il", "domains", "'il' is a public suffix: it would block a whole TLD"),
+        ("t", "domains", "'t' is a public suffix: it would block a whole TLD"),  # unknown TLDs too
+        ("co.uk", "domains", "'co.uk' is a public suffix: it would block every site under it"),
+        ("github.io", "domains", "'github.io' is a public suffix: it would block every site under it"),
+        ("x.ck", "domains", "'x.ck' is a public suffix: it would block every site under it"),  # under `*.ck`
+        ("xn--p1ai", "domains", "'xn--p1ai' is a public suffix: it would block a whole TLD"),  # .рф
+        ("рф", "domains", "'xn--p1ai' is a public suffix: it would block a whole TLD"),
+        ("||com^", "adblock", "'com' is a public suffix: it would block a whole TLD"),
+        ("||co.uk^", "adblock", "'co.uk' is a public suffix: it would block every site under it"),
+        ("com", "adblock", "'com' is a public suffix: it would block a whole TLD"),  # a bare name is a subtree
+    ],
+)
+def test_a_subtree_entry_for_a_public_suffix_is_refused(line: str, fmt: str, reason: str) -> None:
+    parsed = parse_list(f"good.example\n{line}\n", fmt=fmt)
+    assert names(parsed) == ["good.example"]
+    assert parsed.skipped == Skipped(1, 2, reason)
+    assert names(parse_list(f"good.example\n{line}\n", fmt=fmt, allow_suffixes=True))[1:] != []  # forced: taken
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt", "expected"),
+    [
+        ("www.gov.il\n", "domains", ["www.gov.il"]),  # under a suffix: an ordinary name
+        ("gov.il.example\n", "domains", ["gov.il.example"]),
+        ("www.ck\n", "domains", ["www.ck"]),  # `!www.ck`: the exception to `*.ck`
+        ("foo.github.io\n", "domains", ["foo.github.io"]),  # one user's site
+        # a platform's `*.` rule makes each tenant's host a suffix of its own: blocking one blocks one tenant
+        ("ec2-44-195-46-161.compute-1.amazonaws.com\n", "domains", ["ec2-44-195-46-161.compute-1.amazonaws.com"]),
+        ("0.0.0.0 com github.io\n", "hosts", ["com", "github.io"]),  # exact: one name each, as listed
+        ("|com^\n", "adblock", ["com"]),  # exact
+        ("@@||com^\n", "adblock", ["com"]),  # an exception blocks nothing
+    ],
+)
+def test_what_is_not_refused_as_a_public_suffix(text: str, fmt: str, expected: list[str]) -> None:
+    parsed = parse_list(text, fmt=fmt)
+    assert names(parsed) == expected and parsed.skipped.count == 0
+
+
+def test_hosts_entries_made_subtrees_refuse_suffixes_too() -> None:
+    parsed = parse_list("0.0.0.0 com a.example\n", fmt="hosts", subdomains=True)
+    assert names(parsed) == ["a.example"] and parsed.skipped.sample_reason == (
+        "'com' is a public suffix: it would block a whole TLD"
+    )
+
+
+def test_a_refused_suffix_is_the_sample_ahead_of_lesser_skips() -> None:
+    """The log shows one sample line per list: a list that tried to block a TLD is the one to show."""
+    parsed = parse_list("1.2.3.4\nbad..name\na.example\ncom\nco.uk\n", fmt="domains")
+    assert parsed.skipped == Skipped(4, 4, "'com' is a public suffix: it would block a whole TLD")
+
+
+def test_garbage_names_from_a_broken_list_do_not_block_tlds() -> None:
+    """The probe's case: a list of names cut from garbage held `il`, `t`, `s`; www.gov.il was then blocked."""
+    from filterd.blocklists.matcher import ListSource, Matcher
+
+    parsed = parse_list("il\nt\ns\nreal.example\n", fmt="domains")
+    matcher = Matcher.build([ListSource("junk", "junk", parsed)])
+    assert matcher.match("www.gov.il") is None and matcher.match("x.real.example") is not None
+    assert parsed.skipped.count == 3
+
+
+def test_a_megabyte_line_is_skipped_at_once() -> None:
+    """A 10 MB line (a broken file) costs a length check, not seconds of IDNA (it took 2 s a megabyte)."""
+    import time
+
+    started = time.perf_counter()
+    parsed = parse_list("é" * 2_000_000 + "\nok.example\n", fmt="domains")
+    assert time.perf_counter() - started < 1.0
+    assert names(parsed) == ["ok.example"] and parsed.skipped.count == 1
+    assert normalize_name("a" * 254) is None and normalize_name("a." * 126 + "a.") is not None

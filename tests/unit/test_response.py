@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import dns.edns
 import dns.flags
 import dns.message
@@ -9,6 +11,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from filterd.dns import wire
 from filterd.dns.response import cache_ttl, parse_response, render, upstream_query
@@ -114,6 +118,92 @@ def test_garbage_response_raises_wire_error() -> None:
     data = _response(q, answers=("www.example.org. 60 IN A 192.0.2.1",))
     with pytest.raises(wire.WireError):
         parse_response(data[:-3], len(parsed.question))
+
+
+def _opt_in_the_answer_section() -> tuple[bytes, int]:
+    """Issue 13, defect 2: a reply whose only extra record is an OPT in the answer section (ARCOUNT 0)."""
+    q, parsed = _question()
+    data = bytearray(_response(q))
+    struct.pack_into("!H", data, 6, 1)
+    return bytes(data) + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00", len(parsed.question)
+
+
+def test_an_opt_record_outside_the_additional_section_is_a_wire_error() -> None:
+    data, question_len = _opt_in_the_answer_section()
+    with pytest.raises(wire.WireError, match="OPT record outside the additional section"):
+        parse_response(data, question_len)
+
+
+def _records(*records: bytes) -> tuple[bytes, int]:
+    """A response to www.example.org A holding `records` (raw) in its answer section."""
+    q, parsed = _question()
+    data = bytearray(_response(q))
+    struct.pack_into("!H", data, 6, len(records))
+    return bytes(data) + b"".join(records), len(parsed.question)
+
+
+def _rr(rtype: int, rdata: bytes, owner: bytes = b"\xc0\x0c") -> bytes:
+    return owner + struct.pack("!HHIH", rtype, 1, 60, len(rdata)) + rdata
+
+
+@pytest.mark.parametrize(
+    ("records", "problem"),
+    [
+        ((_rr(1, b"\xc0\x00\x02\x01\x09"),), "type 1 record with 5 bytes"),
+        ((_rr(28, b"\x20\x01"),), "type 28 record with 2 bytes"),
+        ((_rr(5, b"\x05front"),), "runs past the end"),  # a CNAME name that does not end
+        ((_rr(5, b"\x05front\xc0\x0c"), _rr(1, b"\x01\x02\x03\x04")), None),  # well-formed
+        ((_rr(5, b"\x05front\xc0\x0c\x00"),), "CNAME or DNAME rdata is not one name"),
+        ((_rr(6, b"\x00\x00" + b"\x00" * 19),), "SOA rdata"),
+        ((_rr(1, b"\x01\x02\x03\x04", owner=b"\xc0\xff"),), "point back"),  # a forward pointer
+    ],
+)
+def test_records_that_could_not_be_relayed_well_formed_are_wire_errors(
+    records: tuple[bytes, ...], problem: str | None
+) -> None:
+    data, question_len = _records(*records)
+    if problem is None:
+        assert parse_response(data, question_len).answer_count == len(records)
+        return
+    with pytest.raises(wire.WireError, match=problem):
+        parse_response(data, question_len)
+
+
+def test_cname_targets_are_read_as_name_text() -> None:
+    """Odd bytes escaped as in a query name, so a blocked reply's SOA owner can be encoded back exactly."""
+    target = b"\x02x\xff\x03a.b\x06omegle\x03com\x00"
+    data, question_len = _records(_rr(5, target))
+    (text,) = parse_response(data, question_len).cnames
+    assert text == "x\\255.a\\046b.omegle.com" and wire.encode_name(text) == target
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.data())
+def test_mutated_responses_raise_nothing_but_wire_error(data: st.DataObject) -> None:
+    q, parsed = _question(use_edns=0)
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("www.example.org.", 60, "IN", "CNAME", "front.example.org."))
+    r.answer.append(dns.rrset.from_text("front.example.org.", 60, "IN", "A", "192.0.2.1"))
+    r.authority.append(dns.rrset.from_text("example.org.", 300, "IN", "SOA", "ns. host. 1 2 3 4 60"))
+    packet = bytearray(r.to_wire())
+    question_end = 12 + len(parsed.question)
+    for _ in range(data.draw(st.integers(1, 6))):
+        position = data.draw(st.integers(question_end, len(packet) - 1)) if len(packet) > question_end else 0
+        op = data.draw(st.sampled_from(["flip", "cut", "insert", "count"]))
+        if op == "flip" and len(packet) > question_end:
+            packet[position] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del packet[max(position, question_end) :]
+        elif op == "insert":
+            packet[position:position] = data.draw(st.binary(min_size=1, max_size=12))
+        else:
+            struct.pack_into("!H", packet, data.draw(st.sampled_from([6, 8, 10])), data.draw(st.integers(0, 65535)))
+    try:
+        response = parse_response(bytes(packet), len(parsed.question))
+    except wire.WireError:
+        return
+    render(response, parsed)
+    cache_ttl(response, 0, 86400)
 
 
 def test_upstream_query_keeps_only_what_belongs_upstream() -> None:

@@ -7,6 +7,7 @@ import struct
 
 import dns.edns
 import dns.message
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -144,3 +145,118 @@ def test_mutated_queries_never_raise(data: st.DataObject) -> None:
         return
     reply = wire.build_reply(q, wire.NOERROR, ede=(15, "x"))
     assert wire.response_header(reply) is not None
+
+
+# Names as text and back (issue 13, defect 1): a query name's text must give the client's own labels again.
+
+
+@pytest.mark.parametrize(
+    ("text", "wire_name"),
+    [
+        ("", b"\x00"),
+        ("example.org", b"\x07example\x03org\x00"),
+        ("a\\046b.com", b"\x03a.b\x03com\x00"),
+        ("a\\.b", b"\x03a.b\x00"),
+        ("a\\032b", b"\x03a b\x00"),
+        ("a\\092b", b"\x03a\\b\x00"),
+        ("\\000", b"\x01\x00\x00"),
+        ("\\255" * 63, b"\x3f" + b"\xff" * 63 + b"\x00"),
+    ],
+)
+def test_encode_name_reads_escapes(text: str, wire_name: bytes) -> None:
+    assert wire.encode_name(text) == wire_name
+
+
+@pytest.mark.parametrize("text", ["a..b", "a.", ".a", "x" * 64, "\\255" * 64, "a\\25", "a\\256", "a\\", "é.com"])
+def test_encode_name_refuses_what_is_not_a_name(text: str) -> None:
+    with pytest.raises(ValueError):
+        wire.encode_name(text)
+
+
+def test_encode_name_refuses_names_over_255_bytes() -> None:
+    wire.encode_name(".".join(["x" * 63] * 3 + ["x" * 61]))  # 255 bytes: the longest there is
+    with pytest.raises(ValueError):
+        wire.encode_name(".".join(["x" * 63] * 3 + ["x" * 62]))
+
+
+_LABELS = st.lists(st.binary(min_size=1, max_size=63), max_size=6).filter(lambda ls: sum(len(x) + 1 for x in ls) < 255)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_LABELS)
+def test_encode_name_is_the_exact_inverse_of_name_text(labels: list[bytes]) -> None:
+    assert wire.encode_name(wire.name_text(labels)) == b"".join(bytes([len(x)]) + x.lower() for x in labels) + b"\x00"
+
+
+def test_name_text_escapes_every_odd_byte() -> None:
+    assert wire.name_text([b"a.b", b"\xff", b"C D"]) == "a\\046b.\\255.c\\032d"
+    assert wire.name_text([b"Www", b"Example"]) == "www.example"
+
+
+# Compression pointers (issue 13, defect 1): never in a question, and only pointing back elsewhere.
+
+
+def _with_additional_name(question_name: bytes) -> bytes:
+    """A query whose question name is `question_name` and whose additional section holds example.org (at 0x16
+    when the question name is 6 bytes long)."""
+    header = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 1)
+    return header + question_name + b"\x00\x01\x00\x01" + b"\x07example\x03org\x00" + struct.pack("!HHIH", 1, 1, 0, 0)
+
+
+def test_a_pointer_inside_the_question_name_is_formerr() -> None:
+    packet = _with_additional_name(b"\x03www\xc0\x16")  # www + a pointer forward to example.org
+    with pytest.raises(wire.WireError) as info:
+        wire.parse_query(packet)
+    assert info.value.rcode == wire.FORMERR and "compressed question name" in info.value.reason
+
+
+def test_error_replies_never_echo_a_compressed_question() -> None:
+    packet = _with_additional_name(b"\x03www\xc0\x16")
+    reply = wire.error_reply(packet, wire.FORMERR)
+    assert reply is not None and reply[4:6] == b"\x00\x00"
+    parsed = dns.message.from_wire(reply)
+    assert parsed.id == 0x1234 and parsed.rcode() == dns.rcode.FORMERR and parsed.question == []
+
+
+def test_error_replies_to_another_opcode_are_the_header_alone() -> None:
+    q = dns.message.make_query("example.org", "A")  # as an UPDATE its zone would have to be of type SOA
+    q.set_opcode(dns.opcode.UPDATE)
+    reply = wire.error_reply(q.to_wire(), wire.NOTIMP)
+    assert reply is not None and len(reply) == 12
+    assert dns.message.from_wire(reply).rcode() == dns.rcode.NOTIMP
+
+
+@pytest.mark.parametrize(
+    ("name_at", "data", "problem"),
+    [
+        (12, b"\x00" * 12 + b"\x03www\xc0\x14" + b"\x03org\x00", "point back"),  # forward
+        (12, b"\x00" * 12 + b"\x03www\xc0\x0c", "point back"),  # at itself
+        (18, b"\x00" * 12 + b"\x03www\xc0\x12" + b"\x03org\xc0\x0c", "point back"),  # back, then into itself
+    ],
+)
+def test_pointers_must_point_back_to_another_name(name_at: int, data: bytes, problem: str) -> None:
+    with pytest.raises(wire.WireError, match=problem):
+        wire.read_name(data, name_at)
+
+
+def test_pointers_back_are_read() -> None:
+    data = b"\x00" * 12 + b"\x07example\x03org\x00" + b"\x03www\xc0\x0c" + b"\x01a\xc0\x19"
+    assert wire.read_name(data, 25) == ([b"www", b"example", b"org"], 31)
+    assert wire.read_name(data, 31) == ([b"a", b"www", b"example", b"org"], 35)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.integers(0, 0xFFFF),
+    st.integers(0, 3),
+    _LABELS,
+    st.binary(max_size=40),
+)
+def test_every_error_reply_parses(flags: int, qdcount: int, labels: list[bytes], rest: bytes) -> None:
+    """Whatever the header, the name (every byte value) and the bytes after it, an error reply parses."""
+    name = b"".join(bytes([len(x)]) + x for x in labels) + b"\x00"
+    packet = struct.pack("!HHHHHH", 7, flags & ~wire.QR, qdcount, 0, 0, 0) + name + rest
+    reply = wire.error_reply(packet, wire.FORMERR)
+    assert reply is not None
+    parsed = dns.message.from_wire(reply)
+    assert parsed.id == 7 and parsed.rcode() == dns.rcode.FORMERR

@@ -1,0 +1,226 @@
+"""PacketCache: repeated queries answered from their bytes, before any parse or stage (PowerDNS's packet cache).
+
+The key is the query from offset 2 (flags, counts, question, EDNS) with the question name case-folded and the
+client's group index in front; the value is the finished reply. A hit copies the client's ID and question bytes
+(0x20 case) into it and returns it: no `wire.parse_query`, no `Query`, no stage. Only two kinds of answer are
+kept, both computed by the slow path first:
+
+- blocked (bypass signals and list blocks): the reply for a name never changes until the lists do;
+- fresh cache hits: the cached response as rendered for the client, its TTL offsets precomputed; the TTLs are
+  rewritten in place when the answer's age in whole seconds changes (at most once a second) and an entry is
+  dropped the moment its `DnsCache` entry expires, so it is never served past its TTL (stale answers, SERVFAIL
+  and everything else always take the slow path, with its rules).
+
+What the slow path guarantees still holds:
+
+- Access and rate limiting run first: a client outside `allow_clients` never gets a fast answer, and a UDP
+  client over its rate goes to the slow path, which slips or drops it; a hit takes a token from its bucket.
+- The group is part of the key (the client stage's memoised lookup: one dict lookup a query).
+- Invalidation: every change to the lists, the local entries, the allow list and the schedules calls
+  `policy.changed`, which clears the `DnsCache` (`app.build_pipeline` wires it); its `generation` then moves and
+  the packet cache is emptied before the next lookup. A new pipeline (a reload) gets a new packet cache.
+- The EDNS fields that change the answer are in the key (the OPT's UDP size, version and DO bit; its options,
+  which filterd never echoes, are left out so a client's padding or cookie does not defeat the cache). A reply
+  is kept only when it fits the client's UDP size (so it is never one that must be cut to TC=1), which also
+  makes it right for TCP.
+- Metrics count each hit as the slow path did (decision, type, group; `filterd_cache_hits` for cache hits), and
+  the query log and the safeguarding alerts (`QueryHandler.events`) are told of every hit, with the answer the
+  slow path gave.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from filterd.dns.response import Response
+from filterd.dns.wire import Question
+from filterd.groups.model import Group
+from filterd.pipeline.access import AccessStage
+from filterd.pipeline.base import Answer, Decision, Pipeline, Query
+from filterd.pipeline.cache import CacheEntry, CacheStage, DnsCache, cache_key
+from filterd.pipeline.client import ClientStage
+from filterd.pipeline.ratelimit import RateLimitStage
+
+_TTL = struct.Struct("!I")
+#: The packet cache holds at most this many replies (or the answer cache's size, if larger); the oldest go first.
+MIN_SIZE = 1024
+#: an = 0, ns = 0, ar = 1: a query whose only extra record is (at most) its OPT
+_OPT_ONLY = b"\x00\x00\x00\x00\x00\x01"
+_OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+
+
+def packet_key(data: bytes, group: bytes) -> tuple[bytes, int] | None:
+    """The cache key of a query and the offset just past its question, or None (not a query this cache can key:
+    the slow path will say why). Label lengths are under 64, so `bytes.lower()` on the name changes only its
+    letters."""
+    n = len(data)
+    i = 12
+    while i < n:
+        length = data[i]
+        if length == 0:
+            break
+        if length > 63:
+            return None  # a compression pointer or an unknown label type: the slow path answers FORMERR
+        i += length + 1
+    else:
+        return None
+    qend = i + 5  # the root label, QTYPE, QCLASS
+    if qend > n:
+        return None
+    if n == qend:
+        return b"".join((group, data[2:12], data[12:i].lower(), data[i:qend])), qend
+    extra = data[qend:]
+    size = n - qend
+    if data[6:12] == _OPT_ONLY and extra[:3] == _OPT_HEAD and size >= 11 and (extra[9] << 8 | extra[10]) == size - 11:
+        extra = extra[:9]  # the OPT's fixed fields (UDP size, extended rcode, version, DO); not its options
+    return b"".join((group, data[2:12], data[12:i].lower(), data[i:qend], extra)), qend
+
+
+@dataclass(slots=True)
+class Entry:
+    """One finished reply: `head` (flags and counts) and `tail` (everything after the question) around the
+    client's own ID and question."""
+
+    head: bytes
+    tail: bytes
+    qend: int
+    #: The slow path's question and answer (the query log, the alerts) and the metrics' labels.
+    question: Question
+    answer: Answer
+    group: Group | None
+    #: For a cache hit: its `DnsCache` entry, the TTL offsets in `tail`, the clamped TTLs, and the age in whole
+    #: seconds `tail` was written for.
+    cached: CacheEntry | None = None
+    offsets: tuple[int, ...] = ()
+    ttls: tuple[int, ...] = ()
+    age: int = 0
+
+    def refresh(self, age: int) -> None:
+        out = bytearray(self.tail)
+        for offset, ttl in zip(self.offsets, self.ttls, strict=True):
+            _TTL.pack_into(out, offset, max(ttl - age, 0))
+        self.tail = bytes(out)
+        self.age = age
+
+
+class PacketCache:
+    """The packet cache of one pipeline; `QueryHandler` makes a new one when its pipeline is replaced."""
+
+    def __init__(self, pipeline: Pipeline, cache: DnsCache, size: int | None = None) -> None:
+        self.pipeline = pipeline
+        self.cache = cache
+        self.size = size if size is not None else max(cache.size, MIN_SIZE)
+        self.generation = cache.generation
+        #: Oldest first (an OrderedDict: a plain dict's first key is slow to find after many deletions at its front).
+        self.entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self.access: AccessStage | None = None
+        self.ratelimit: RateLimitStage | None = None
+        self.client: ClientStage | None = None
+        for stage in pipeline.stages:
+            if isinstance(stage, AccessStage):
+                self.access = stage
+            elif isinstance(stage, RateLimitStage):
+                self.ratelimit = stage
+            elif isinstance(stage, ClientStage) and stage.groups:
+                self.client = stage
+        self._prefix: dict[int, bytes] = {}
+        self.hits = 0
+        #: Set by `lookup` when it keyed the query but had no answer: (key, question end), for `store`.
+        self.missed: tuple[bytes, int] | None = None
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> PacketCache | None:
+        """The packet cache for a pipeline, or None when it has no answer cache (whose generation says when the
+        lists changed: without it nothing here could be invalidated)."""
+        for stage in pipeline.stages:
+            if isinstance(stage, CacheStage):
+                return cls(pipeline, stage.cache)
+        return None
+
+    def group_prefix(self, group: Group | None) -> bytes:
+        index = 0 if group is None else group.index
+        prefix = self._prefix.get(index)
+        if prefix is None:
+            prefix = self._prefix[index] = index.to_bytes(2, "big")
+        return prefix
+
+    def lookup(self, data: bytes, client_ip: str, protocol: str) -> tuple[bytes, Entry] | None:
+        """The reply for this query and the entry it came from, or None: ask the slow path (then `missed` says
+        whether `store` may keep its answer)."""
+        self.missed = None
+        if self.generation != self.cache.generation:
+            self.entries.clear()
+            self.generation = self.cache.generation
+        if self.access is not None and not self.access.allowed(client_ip):
+            return None
+        group = self.client.group_of(client_ip) if self.client is not None else None
+        keyed = packet_key(data, self.group_prefix(group))
+        if keyed is None:
+            return None
+        key = keyed[0]
+        entry = self.entries.get(key)
+        if entry is None or entry.group is not group:
+            self.missed = keyed
+            return None
+        cached = entry.cached
+        if cached is not None:
+            age = self.cache.clock() - cached.stored
+            if age >= cached.ttl:
+                del self.entries[key]  # expired: the slow path fetches it again (or applies serve-stale's rules)
+                self.missed = keyed
+                return None
+            if int(age) != entry.age:
+                entry.refresh(int(age))
+        if protocol == "udp" and self.ratelimit is not None and not self._take(client_ip):
+            return None  # over the rate: the slow path slips or drops it
+        if cached is not None:
+            self.cache.hits += 1
+        self.hits += 1
+        return b"".join((data[:2], entry.head, data[12 : entry.qend], entry.tail)), entry
+
+    def _take(self, client_ip: str) -> bool:
+        """Take a token from the client network's bucket if it has one; False (nothing taken) if it has none."""
+        limiter = self.ratelimit
+        assert limiter is not None
+        key = limiter.key_of(client_ip)
+        if key < 0:
+            return True  # exempt (loopback, ratelimit.exempt)
+        buckets = limiter.buckets
+        bucket = buckets.buckets.get(key)
+        if bucket is not None and bucket.tokens + (buckets.clock() - bucket.stamp) * buckets.qps < 1.0:
+            return False
+        return buckets.take(key) is None
+
+    def store(self, query: Query, answer: Answer) -> None:
+        """Keep the slow path's synchronous answer to the query `lookup` just missed, if it is one to keep."""
+        keyed = self.missed
+        self.missed = None
+        if keyed is None or self.generation != self.cache.generation:
+            return
+        key, qend = keyed
+        q = query.question
+        reply = answer.wire
+        if len(reply) > q.max_udp or qend != q.end or len(reply) < qend:
+            return  # cut to TC=1 for this client; or a question this key does not describe (never, in practice)
+        entry = Entry(reply[2:12], reply[qend:], qend, q, answer, query.group)
+        if answer.decision is Decision.CACHED:
+            if answer.response is not None:
+                return  # stale (served by RFC 8767's rules only when the upstreams fail): never from here
+            found = self.cache.get(cache_key(q, query.group))
+            if found is None:
+                return
+            entry.cached = found[0]
+            entry.offsets, entry.ttls = self._ttls(found[0].response, qend)
+            entry.refresh(found[1])  # (the slow path rendered it a moment ago, perhaps in the second before)
+        elif answer.decision is not Decision.BLOCKED:
+            return
+        if len(self.entries) >= self.size:
+            self.entries.popitem(last=False)
+        self.entries[key] = entry
+
+    def _ttls(self, response: Response, qend: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        low, high = self.cache.min_ttl, self.cache.max_ttl
+        offsets = tuple(offset - qend for offset in response.ttl_offsets)
+        return offsets, tuple(max(low, min(ttl, high)) for ttl in response.ttls)
