@@ -552,7 +552,7 @@ class App:
         counts: dict[str, int] = {}
         for row in rows:
             if row.decision in ("forwarded", "cached", "error"):  # asked of the upstreams, not blocked
-                counts[row.name] = counts.get(row.name, 0) + 1
+                counts[row.name] = counts.get(row.name, 0) + row.count
         brands: set[str] = set()
         patterns: list[str] = []
         rules = getattr(self.policy.matcher, "rules", None) if self.policy is not None else None

@@ -329,7 +329,8 @@ def cmd_log(args: argparse.Namespace) -> int:
         who = row["device"] or row["client"]
         group = f" [{row['group']}]" if row["group"] else ""
         what = f"{row['decision']} by {row['list']}" if row["decision"] == "blocked" else row["decision"]
-        print(f"{when} {who}{group} {row['name']} {row['qtype']}: {what}")
+        times = f" (x{row['count']})" if row.get("count", 1) > 1 else ""
+        print(f"{when} {who}{group} {row['name']} {row['qtype']}: {what}{times}")
     return 0
 
 

@@ -42,18 +42,16 @@ class QueryEvents:
         name = query.question.qname
         if self.querylog is not None:
             ms = (time.perf_counter() - query.received) * 1000 if query.received else 0.0
-            self.querylog.add(
-                (
-                    self.clock(),
-                    query.client_ip,
-                    group,
-                    name,
-                    qtype_label(query.question.qtype),
-                    answer.decision.value,
-                    answer.reason if blocked else "",
-                    answer.category,
-                    ms,
-                )
+            self.querylog.add_fields(
+                self.clock(),
+                query.client_ip,
+                group,
+                name,
+                qtype_label(query.question.qtype),
+                answer.decision,  # a str enum: stored as its text
+                answer.reason if blocked else "",
+                answer.category,
+                ms,
             )
         if blocked and self.engine is not None:
             alerts = self.engine.observe(query.client_ip, group, name, answer.category, answer.reason)

@@ -33,7 +33,9 @@ class Record:
     decision: str  # blocked, cached, forwarded, local, refused, error
     list: str  # for a block: the list (or bypass-protection, group:..., schedule:...)
     category: str
-    ms: float  # answer time in milliseconds
+    ms: float  # answer time in milliseconds (the average, for a row that counts several)
+    #: how many times this client asked this, with this answer, within the row's one-second write interval
+    count: int = 1
 
 
 def pseudonym(key: bytes, value: str) -> str:

@@ -73,24 +73,25 @@ def build(rows: Iterable[Record], alerts: Sequence[tuple[Any, ...]], since: floa
     top: Counter[str] = Counter()
     queries = blocked = 0
     for row in rows:
-        queries += 1
+        n = row.count
+        queries += n
         device = devices.get(row.client)
         if device is None:
             device = devices[row.client] = Device(row.client)
         device.mac = device.mac or row.mac
         device.device = device.device or row.device
         device.group = device.group or row.group
-        device.queries += 1
+        device.queries += n
         if row.decision != "blocked":
             continue
-        blocked += 1
-        device.blocked += 1
+        blocked += n
+        device.blocked += n
         if is_bypass(row):
-            device.bypass += 1
-        device.by_category[row.category or row.list] += 1
-        device.by_hour[datetime.fromtimestamp(row.time).hour] += 1
-        device.names[row.name] += 1
-        top[row.name] += 1
+            device.bypass += n
+        device.by_category[row.category or row.list] += n
+        device.by_hour[datetime.fromtimestamp(row.time).hour] += n
+        device.names[row.name] += n
+        top[row.name] += n
     return Report(since, until, devices, top.most_common(15), list(alerts), queries, blocked)
 
 

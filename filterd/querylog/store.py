@@ -8,7 +8,6 @@ logged at most once a minute; a query is never delayed and never fails because o
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
@@ -28,10 +27,9 @@ log = logging.getLogger(__name__)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
     time REAL NOT NULL, client TEXT NOT NULL, grp TEXT NOT NULL, name TEXT NOT NULL, qtype TEXT NOT NULL,
-    decision TEXT NOT NULL, list TEXT NOT NULL, category TEXT NOT NULL, ms REAL NOT NULL
+    decision TEXT NOT NULL, list TEXT NOT NULL, category TEXT NOT NULL, ms REAL NOT NULL, n INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queries_time ON queries (time);
-CREATE INDEX IF NOT EXISTS queries_client ON queries (client, time);
+CREATE INDEX IF NOT EXISTS queries_time ON queries (time);  -- the only index: each costs every write
 CREATE TABLE IF NOT EXISTS devices (
     client TEXT PRIMARY KEY, mac TEXT NOT NULL, device TEXT NOT NULL, seen REAL NOT NULL
 );
@@ -46,9 +44,9 @@ KEY_NAME = "querylog.key"
 #: What a reader selects: each row with its device's MAC and name as last known (one devices row per client).
 _SELECT = (
     "SELECT q.time, q.client, coalesce(d.mac, ''), coalesce(d.device, ''), q.grp, q.name, q.qtype, q.decision, "
-    "q.list, q.category, q.ms FROM queries q LEFT JOIN devices d ON d.client = q.client"
+    "q.list, q.category, q.ms, q.n FROM queries q LEFT JOIN devices d ON d.client = q.client"
 )
-_INSERT = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?)"
+_INSERT = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?)"
 #: Rows written per statement; the writer hands the GIL back between chunks so the event loop is never kept waiting.
 _CHUNK = 512
 #: (time, client IP, group, name, qtype, decision, list, category, ms): what the query path hands over
@@ -85,7 +83,7 @@ class QueryLog:
         identify: Callable[[str], Identity] | None = None,
         clock: Callable[[], float] = time.time,
         max_queue: int = 100_000,
-        interval: float = 0.5,
+        interval: float = 1.0,
     ) -> None:
         self.path = path
         self.privacy = privacy
@@ -97,7 +95,8 @@ class QueryLog:
         self.max_queue = max_queue
         self.interval = interval
         self.stats = LogStats()
-        self._queue: collections.deque[Pending] = collections.deque()
+        #: (client, group, name, qtype, decision, list, category) -> [first time, count, total ms], per interval
+        self._pending: dict[tuple[str, ...], list[Any]] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,16 +112,51 @@ class QueryLog:
     def enabled(self) -> bool:
         return self.privacy is not Privacy.OFF
 
+    def add_fields(
+        self,
+        when: float,
+        client: str,
+        group: str,
+        name: str,
+        qtype: str,
+        decision: str,
+        list_name: str,
+        category: str,
+        ms: float,
+    ) -> None:
+        """`add()` without building the tuple first (the query path's call)."""
+        if self.privacy is not Privacy.FULL:
+            self.add((when, client, group, name, qtype, decision, list_name, category, ms))
+            return
+        key = (client, group, name, qtype, decision, list_name, category)
+        slot = self._pending.get(key)
+        if slot is not None:
+            slot[1] += 1
+            slot[2] += ms
+        elif len(self._pending) < self.max_queue:
+            self._pending[key] = [when, 1, ms]
+        else:
+            self.stats.dropped += 1
+
     def add(self, item: Pending) -> None:
-        """Hand over one answered query; never blocks (one deque append; a pseudonym from a small memo)."""
+        """Hand over one answered query; never blocks. The same question from the same client with the same
+        answer within one write interval (a second) becomes one row with a count: a page's repeated lookups
+        and a program's retries cost one dict update each, not a row each."""
         if self.privacy is Privacy.BLOCKED_ONLY and item[5] != "blocked":
             return
-        if len(self._queue) >= self.max_queue:
+        client = item[1]
+        if self.privacy is Privacy.HASH_CLIENTS:
+            client = self._pseudonym(client)
+        key = (client, *item[2:8])
+        slot = self._pending.get(key)
+        if slot is not None:
+            slot[1] += 1
+            slot[2] += item[8]
+            return
+        if len(self._pending) >= self.max_queue:
             self.stats.dropped += 1
             return
-        if self.privacy is Privacy.HASH_CLIENTS:
-            item = (item[0], self._pseudonym(item[1]), *item[2:])
-        self._queue.append(item)
+        self._pending[key] = [item[0], 1, item[8]]
 
     def _pseudonym(self, client: str) -> str:
         found = self._pseudonyms.get(client)
@@ -154,6 +188,9 @@ class QueryLog:
                 self._db = None
 
     def _run(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux: a thread has its own nice value
+            # Writing the log must never take CPU time from answering: under load, the kernel runs this thread last.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
@@ -177,33 +214,39 @@ class QueryLog:
         return self._db
 
     def flush(self) -> int:
-        """Write what is queued (in the writer thread; tests call it directly). Returns the rows written.
+        """Write what is pending (in the writer thread; tests call it directly). Returns the rows written.
 
-        The rows go to SQLite as they came from the query path (no Python work per row); the clients' MACs and
-        names go to the small `devices` table, once per client and batch."""
-        queue = self._queue
-        items: list[Pending] = [queue.popleft() for _ in range(len(queue))]
-        if not items:
+        One row per distinct question, client and answer of the interval, with its count; the clients' MACs and
+        names go to the small `devices` table, once per client and batch. Rows are made and written a few hundred
+        at a time, and the GIL is handed back between chunks, so the event loop's thread never waits long."""
+        pending, self._pending = self._pending, {}  # one reference swap: the query path now fills a new dict
+        if not pending:
             return 0
-        devices = self._device_rows({item[1] for item in items}, items[-1][0])
+        entries = list(pending.items())
+        devices = self._device_rows({key[0] for key in pending}, entries[-1][1][0])
+        queries = 0
         try:
             with self._lock:
                 db = self._connect()
-                for start in range(0, len(items), _CHUNK):
+                for start in range(0, len(entries), _CHUNK):
+                    chunk = entries[start : start + _CHUNK]
                     with db:
-                        db.executemany(_INSERT, items[start : start + _CHUNK])
+                        rows = [(t, *key, total / n, n) for key, (t, n, total) in chunk]
+                        db.executemany(_INSERT, rows)
                         if start == 0 and devices:
                             db.executemany("INSERT OR REPLACE INTO devices VALUES (?,?,?,?)", devices)
+                    queries += sum(slot[1] for _, slot in chunk)
                     time.sleep(0)  # let the event loop's thread run between chunks
         except (sqlite3.Error, OSError) as exc:
-            self._problem(f"cannot write {len(items)} rows to {self.path}: {exc}", len(items))
+            lost = sum(slot[1] for _, slot in entries) - queries
+            self._problem(f"cannot write {lost} queries to {self.path}: {exc}", lost)
             self._db = None
             self._devices = {}
             return 0
-        self.stats.written += len(items)
+        self.stats.written += queries
         if self.jsonl is not None:
-            self._write_jsonl(items)
-        return len(items)
+            self._write_jsonl([(t, *key, total / n, n) for key, (t, n, total) in entries])
+        return len(entries)
 
     def _device_rows(self, clients: set[str], when: float) -> list[tuple[str, str, str, float]]:
         """(client, mac, device, seen) for the clients whose MAC or name changed since last written."""
@@ -220,14 +263,14 @@ class QueryLog:
                 out.append((client, mac, device, when))
         return out
 
-    def _write_jsonl(self, items: Sequence[Pending]) -> None:
+    def _write_jsonl(self, rows: Sequence[tuple[Any, ...]]) -> None:
         assert self.jsonl is not None
-        keys = ("time", "client", "group", "name", "qtype", "decision", "list", "category", "ms")
+        keys = ("time", "client", "group", "name", "qtype", "decision", "list", "category", "ms", "count")
         try:
             with self.jsonl.open("a", encoding="utf-8") as handle:
-                for item in items:
-                    record: dict[str, Any] = dict(zip(keys, item, strict=True))
-                    mac, device = self._devices.get(item[1], ("", ""))
+                for row in rows:
+                    record: dict[str, Any] = dict(zip(keys, row, strict=True))
+                    mac, device = self._devices.get(row[1], ("", ""))
                     record |= {"mac": mac, "device": device}
                     handle.write(json.dumps(record, separators=(",", ":")) + "\n")
         except OSError as exc:
@@ -346,7 +389,7 @@ def _filters(client: str | None, group: str | None, blocked: bool, since: float 
 
 
 def as_dict(record: Record) -> dict[str, Any]:
-    keys = ("time", "client", "mac", "device", "group", "name", "qtype", "decision", "list", "category", "ms")
+    keys = ("time", "client", "mac", "device", "group", "name", "qtype", "decision", "list", "category", "ms", "count")
     return dict(zip(keys, astuple(record), strict=True))
 
 

@@ -301,3 +301,21 @@ def test_the_cli_shows_the_log_the_report_and_suggestions(
     deleted = cli("log", "--client", "127.0.0.2", "--delete")
     assert deleted.stdout.strip() == "127.0.0.2: 3 query log rows deleted (and its alerts)"
     assert cli("log", "--client", "127.0.0.2").stdout == ""
+
+
+def test_repeats_within_a_write_interval_are_one_row_with_a_count(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, tmp_path: Path, clock: Clock
+) -> None:
+    server = start_filterd(config(dnsmasq, tmp_path, "querylog: {retention: 14d}"), clock=clock)
+    assert server.app is not None and server.app.querylog is not None
+    server.app.querylog.flush()
+    for _ in range(5):
+        ask(server, "omegle.com", "127.0.0.2")
+    ask(server, "omegle.com", "127.0.0.3")
+    rows = server.app.querylog.rows()
+    assert sorted((r.client, r.name, r.count) for r in rows) == [
+        ("127.0.0.2", "omegle.com", 5),
+        ("127.0.0.3", "omegle.com", 1),
+    ]
+    report = build(rows, [], clock.now - 60, clock.now)
+    assert report.blocked == 6 and report.devices["127.0.0.2"].blocked == 5
