@@ -48,7 +48,7 @@ _SELECT = (
 )
 _INSERT = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?)"
 #: Rows written per statement; the writer hands the GIL back between chunks so the event loop is never kept waiting.
-_CHUNK = 512
+_CHUNK = 200  # rows a statement: 2,000 parameters, well under SQLite's limit
 #: (time, client IP, group, name, qtype, decision, list, category, ms): what the query path hands over
 Pending = tuple[float, str, str, str, str, str, str, str, float]
 
@@ -188,9 +188,7 @@ class QueryLog:
                 self._db = None
 
     def _run(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # Linux: a thread has its own nice value
-            # Writing the log must never take CPU time from answering: under load, the kernel runs this thread last.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        # (No lower CPU priority for this thread: preempted while holding the GIL, it would stall the event loop.)
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
@@ -231,8 +229,11 @@ class QueryLog:
                 for start in range(0, len(entries), _CHUNK):
                     chunk = entries[start : start + _CHUNK]
                     with db:
-                        rows = [(t, *key, total / n, n) for key, (t, n, total) in chunk]
-                        db.executemany(_INSERT, rows)
+                        # one statement for many rows: SQLite's work runs with the GIL released once per
+                        # statement, not once per row (each hand-over of the GIL makes the event loop wait)
+                        values = [v for key, (t, n, total) in chunk for v in (t, *key, total / n, n)]
+                        rows = len(chunk)
+                        db.execute(_insert_many(rows), values)
                         if start == 0 and devices:
                             db.executemany("INSERT OR REPLACE INTO devices VALUES (?,?,?,?)", devices)
                     queries += sum(slot[1] for _, slot in chunk)
@@ -369,6 +370,17 @@ class QueryLog:
                 db.execute("DELETE FROM devices WHERE client = ?", (stored,))
             self._devices.pop(stored, None)
         return int(gone)
+
+
+_INSERTS: dict[int, str] = {}
+
+
+def _insert_many(rows: int) -> str:
+    """`INSERT INTO queries VALUES (...), (...), ...` for `rows` rows (memoised)."""
+    sql = _INSERTS.get(rows)
+    if sql is None:
+        sql = _INSERTS[rows] = "INSERT INTO queries VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * rows)
+    return sql
 
 
 def _filters(client: str | None, group: str | None, blocked: bool, since: float | None) -> tuple[str, list[Any]]:
