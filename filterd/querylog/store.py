@@ -96,7 +96,11 @@ class QueryLog:
         self.interval = interval
         self.stats = LogStats()
         #: (client, group, name, qtype, decision, list, category) -> [first time, count, total ms], per interval
-        self._pending: dict[tuple[str, ...], list[Any]] = {}
+        #: (counts, first times, total ms) by (client, group, name, qtype, decision, list, category), for the
+        #: current interval: three dicts of numbers, swapped as one tuple. No object per query that the garbage
+        #: collector has to track (a list per query made the collector run every few hundred queries).
+        self._pending: tuple[dict[tuple[str, ...], int], dict[tuple[str, ...], float], dict[tuple[str, ...], float]]
+        self._pending = ({}, {}, {})
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -128,13 +132,18 @@ class QueryLog:
         if self.privacy is not Privacy.FULL:
             self.add((when, client, group, name, qtype, decision, list_name, category, ms))
             return
-        key = (client, group, name, qtype, decision, list_name, category)
-        slot = self._pending.get(key)
-        if slot is not None:
-            slot[1] += 1
-            slot[2] += ms
-        elif len(self._pending) < self.max_queue:
-            self._pending[key] = [when, 1, ms]
+        self._count((client, group, name, qtype, decision, list_name, category), when, ms)
+
+    def _count(self, key: tuple[str, ...], when: float, ms: float) -> None:
+        counts, first, total = self._pending
+        n = counts.get(key)
+        if n is not None:
+            counts[key] = n + 1
+            total[key] += ms
+        elif len(counts) < self.max_queue:
+            counts[key] = 1
+            first[key] = when
+            total[key] = ms
         else:
             self.stats.dropped += 1
 
@@ -147,16 +156,7 @@ class QueryLog:
         client = item[1]
         if self.privacy is Privacy.HASH_CLIENTS:
             client = self._pseudonym(client)
-        key = (client, *item[2:8])
-        slot = self._pending.get(key)
-        if slot is not None:
-            slot[1] += 1
-            slot[2] += item[8]
-            return
-        if len(self._pending) >= self.max_queue:
-            self.stats.dropped += 1
-            return
-        self._pending[key] = [item[0], 1, item[8]]
+        self._count((client, *item[2:8]), item[0], item[8])
 
     def _pseudonym(self, client: str) -> str:
         found = self._pseudonyms.get(client)
@@ -217,11 +217,11 @@ class QueryLog:
         One row per distinct question, client and answer of the interval, with its count; the clients' MACs and
         names go to the small `devices` table, once per client and batch. Rows are made and written a few hundred
         at a time, and the GIL is handed back between chunks, so the event loop's thread never waits long."""
-        pending, self._pending = self._pending, {}  # one reference swap: the query path now fills a new dict
-        if not pending:
+        (counts, first, total), self._pending = self._pending, ({}, {}, {})  # one swap: the query path moves on
+        if not counts:
             return 0
-        entries = list(pending.items())
-        devices = self._device_rows({key[0] for key in pending}, entries[-1][1][0])
+        entries = [(key, (first[key], n, total[key])) for key, n in counts.items()]
+        devices = self._device_rows({key[0] for key in counts}, entries[-1][1][0])
         queries = 0
         try:
             with self._lock:
