@@ -50,6 +50,7 @@ from filterd.config.schema import (
     SafeSearchConfig,
     ScheduleConfig,
     SinkholeConfig,
+    Window,
     YoutubeRestriction,
 )
 from filterd.config.units import format_size, parse_size
@@ -228,6 +229,58 @@ def _items(node: _Node, key: str, p: _Problems, read: Callable[[_Node, str], T |
     return tuple(v for v in out if v is not None)
 
 
+def _network(node: _Node, key: str, p: _Problems, example: str = "192.168.0.0/16") -> IPNetwork | None:
+    text = _string(node, key, p)
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        p.add(node.line, key, f"{text!r} is not an IP network in CIDR form (e.g. {example})")
+        return None
+
+
+def _names_list(node: _Node, key: str, p: _Problems) -> tuple[str, ...] | None:
+    """A list of domain names (each with everything under it; `*.name` means the same), normalised."""
+
+    def name(n: _Node, k: str) -> str | None:
+        text = _string(n, k, p)
+        return None if text is None else _zone_name(n, k, text.removeprefix("*."), p)
+
+    return _items(node, key, p, name)
+
+
+def _windows(node: _Node, key: str, p: _Problems) -> tuple[Window, ...]:
+    """`when:` of a schedule or an alert rule: "DAYS HH:MM-HH:MM" strings; each bad one reported."""
+    from filterd.groups.schedule import parse_window
+
+    windows = []
+    for i, item in enumerate(_sequence(node, key, p) or []):
+        text = _string(item, f"{key}[{i}]", p)
+        if text is None:
+            continue
+        try:
+            windows.append(parse_window(text))
+        except ValueError as exc:
+            p.add(item.line, f"{key}[{i}]", str(exc))
+    return tuple(windows)
+
+
+def _timezone(node: _Node, key: str, p: _Problems) -> str | None:
+    """An IANA time zone name that this machine knows (else reported, and None)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    timezone = _string(node, key, p)
+    if timezone is None:
+        return None
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        p.add(node.line, key, f"{timezone!r} is not a time zone (e.g. Europe/London)")
+        return None
+    return timezone
+
+
 # --- sections ---------------------------------------------------------------------------------------
 
 
@@ -243,16 +296,6 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
     def listen_item(n: _Node, k: str) -> Endpoint | None:
         return _endpoint(n, k, p, 53)  # a wildcard address is fine: replies leave from the query's address
 
-    def network(n: _Node, k: str) -> IPNetwork | None:
-        text = _string(n, k, p)
-        if text is None:
-            return None
-        try:
-            return ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            p.add(n.line, k, f"{text!r} is not an IP network in CIDR form (e.g. 192.168.0.0/16)")
-            return None
-
     listen = _items(keys["listen"], "dns.listen", p, listen_item)
     if listen is not None and not listen:
         p.add(keys["listen"].line, "dns.listen", "must list at least one address")
@@ -265,7 +308,7 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
         timeout = _number(keys["timeout"], "dns.timeout", p, 0.1, 60)
     allow_clients: tuple[IPNetwork, ...] | None = DEFAULT_ALLOW_CLIENTS
     if "allow_clients" in keys:
-        allow_clients = _items(keys["allow_clients"], "dns.allow_clients", p, network)
+        allow_clients = _items(keys["allow_clients"], "dns.allow_clients", p, lambda n, k: _network(n, k, p))
     zones = _forward_zones(keys["forward_zones"], p) if "forward_zones" in keys else ()
     records = _records(keys["records"], p) if "records" in keys else ()
     rebind = _boolean(keys["rebind_protection"], "dns.rebind_protection", p) if "rebind_protection" in keys else True
@@ -395,19 +438,12 @@ def _ratelimit(node: _Node, p: _Problems) -> RateLimitConfig | None:
     if "slip" in keys:
         values["slip"] = _number(keys["slip"], "ratelimit.slip", p, 0, 10, int)
     if "exempt" in keys:
-
-        def network(n: _Node, k: str) -> IPNetwork | None:
-            text = _string(n, k, p)
-            if text is None:
-                return None
-            try:
-                return ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                p.add(n.line, k, f"{text!r} is not an IP network in CIDR form (e.g. 10.1.0.0/16)")
-                return None
-
         exempt = keys["exempt"]
-        values["exempt"] = () if exempt.value is None else _items(exempt, "ratelimit.exempt", p, network)
+        values["exempt"] = (
+            ()
+            if exempt.value is None
+            else _items(exempt, "ratelimit.exempt", p, lambda n, k: _network(n, k, p, "10.1.0.0/16"))
+        )
     return None if len(p.items) > before else RateLimitConfig(**values)
 
 
@@ -641,11 +677,7 @@ def _lists(node: _Node, p: _Problems, base_dir: Path) -> tuple[ListConfig, ...] 
 
 
 def _allow(node: _Node, p: _Problems) -> tuple[str, ...] | None:
-    def name(n: _Node, k: str) -> str | None:
-        text = _string(n, k, p)
-        return None if text is None else _zone_name(n, k, text.removeprefix("*."), p)
-
-    return _items(node, "allow", p, name)
+    return _names_list(node, "allow", p)
 
 
 def _metrics(node: _Node, p: _Problems) -> MetricsConfig | None:
@@ -958,21 +990,7 @@ _GROUP_KEYS = {"name", "clients", "lists", "block", "allow", "safe_search", "sch
 _SCHEDULE_KEYS = {"when", "block", "timezone"}
 
 
-def _names_list(node: _Node, key: str, p: _Problems) -> tuple[str, ...] | None:
-    """A list of domain names (each with everything under it), normalised."""
-
-    def name(n: _Node, k: str) -> str | None:
-        text = _string(n, k, p)
-        return None if text is None else _zone_name(n, k, text.removeprefix("*."), p)
-
-    return _items(node, key, p, name)
-
-
 def _schedules(node: _Node, p: _Problems) -> tuple[ScheduleConfig, ...] | None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    from filterd.groups.schedule import parse_window
-
     if not isinstance(node.value, dict):
         p.add(node.line, "schedules", "must map schedule names to {when: [...], block: ...}")
         return None
@@ -988,16 +1006,8 @@ def _schedules(node: _Node, p: _Problems) -> tuple[ScheduleConfig, ...] | None:
         if "when" not in keys:
             p.add(child.line, key, "needs when: a list of windows like 'mon-fri 21:00-07:00'")
             continue
-        windows = []
-        items = _sequence(keys["when"], f"{key}.when", p) or []
-        for i, item in enumerate(items):
-            text = _string(item, f"{key}.when[{i}]", p)
-            if text is None:
-                continue
-            try:
-                windows.append(parse_window(text))
-            except ValueError as exc:
-                p.add(item.line, f"{key}.when[{i}]", str(exc))
+        items = keys["when"].value if isinstance(keys["when"].value, list) else []
+        windows = _windows(keys["when"], f"{key}.when", p)
         block_all, lists = True, tuple[str, ...]()
         if "block" in keys:
             block = keys["block"]
@@ -1006,15 +1016,10 @@ def _schedules(node: _Node, p: _Problems) -> tuple[ScheduleConfig, ...] | None:
             else:
                 names = _items(block, f"{key}.block", p, lambda n, k: _string(n, k, p))
                 block_all, lists = False, names or ()
-        timezone = _string(keys["timezone"], f"{key}.timezone", p) if "timezone" in keys else None
-        if timezone is not None:
-            try:
-                ZoneInfo(timezone)
-            except (ZoneInfoNotFoundError, ValueError):
-                p.add(keys["timezone"].line, f"{key}.timezone", f"{timezone!r} is not a time zone (e.g. Europe/London)")
+        timezone = _timezone(keys["timezone"], f"{key}.timezone", p) if "timezone" in keys else None
         if not items:
             p.add(keys["when"].line, f"{key}.when", "needs at least one window")
-        out.append(ScheduleConfig(str(name), tuple(windows), block_all, tuple(lists), timezone))
+        out.append(ScheduleConfig(str(name), windows, block_all, tuple(lists), timezone))
     return tuple(out)
 
 
@@ -1156,8 +1161,6 @@ def _querylog(node: _Node, p: _Problems, base_dir: Path) -> QueryLogConfig | Non
 
 
 def _alert_rule(node: _Node, key: str, p: _Problems) -> AlertRule | None:
-    from filterd.groups.schedule import parse_window
-
     keys = _mapping(node, key, {"name", "categories", "attempts", "within", "when", "timezone"}, p)
     if keys is None:
         return None
@@ -1172,19 +1175,11 @@ def _alert_rule(node: _Node, key: str, p: _Problems) -> AlertRule | None:
         categories = _items(keys["categories"], f"{key}.categories", p, lambda n, k: _string(n, k, p))
     attempts = _number(keys["attempts"], f"{key}.attempts", p, 1, 10000, int) if "attempts" in keys else 1
     within = _duration(keys["within"], f"{key}.within", p, 1, 31 * 86400) if "within" in keys else 600
-    windows = []
-    for i, item in enumerate(_sequence(keys["when"], f"{key}.when", p) or [] if "when" in keys else []):
-        text = _string(item, f"{key}.when[{i}]", p)
-        if text is None:
-            continue
-        try:
-            windows.append(parse_window(text))
-        except ValueError as exc:
-            p.add(item.line, f"{key}.when[{i}]", str(exc))
-    timezone = _string(keys["timezone"], f"{key}.timezone", p) if "timezone" in keys else None
+    windows = _windows(keys["when"], f"{key}.when", p) if "when" in keys else ()
+    timezone = _timezone(keys["timezone"], f"{key}.timezone", p) if "timezone" in keys else None
     if len(p.items) > before or name is None or categories is None or attempts is None or within is None:
         return None
-    return AlertRule(name, categories, attempts, within, tuple(windows), timezone)
+    return AlertRule(name, categories, attempts, within, windows, timezone)
 
 
 def _email(node: _Node, p: _Problems, base_dir: Path) -> EmailConfig | None:

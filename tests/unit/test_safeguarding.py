@@ -126,3 +126,12 @@ def test_suggest_finds_look_alikes_the_rules_missed(psl) -> None:  # type: ignor
         "www.myshagle.net": "holds the brand shagle",
         "strangersclub.io": "holds the word 'strangers' that the chat-roulette patterns look for",
     }
+
+
+def test_an_alert_rules_time_zone_is_checked_like_a_schedules() -> None:
+    from filterd.errors import ConfigError
+
+    text = CONFIG.replace("timezone: UTC", "timezone: Nowhere/Land")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "s.yaml")
+    assert any("safeguarding.alerts[1].timezone: 'Nowhere/Land' is not a time zone" in p for p in raised.value.problems)
