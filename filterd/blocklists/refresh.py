@@ -15,7 +15,6 @@ The checks (`examine`, `shrink_problem`: the rules are in checks.py, shared with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
@@ -39,6 +38,7 @@ from filterd.config.units import format_duration, format_size
 from filterd.errors import FilterdError
 from filterd.metrics import Metrics
 from filterd.pipeline.policy import PolicyStage
+from filterd.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -272,11 +272,7 @@ class ListRefresher:
 
     async def stop(self) -> None:
         """Cancel the tasks (an unfinished download is dropped; the stored copy is untouched) and close."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(self._tasks)
         self._tasks.clear()
         await self.fetcher.close()
 

@@ -9,7 +9,6 @@ move time across midnight, weekends and daylight-saving changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +18,7 @@ from zoneinfo import ZoneInfo
 from filterd.config.schema import ScheduleConfig
 from filterd.groups.model import Group
 from filterd.groups.schedule import active_schedules, seconds_to_next_minute
+from filterd.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,5 @@ class ScheduleClock:
                 log.exception("schedules: tick failed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel([self._task])
+        self._task = None

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
 from filterd.groups.model import Directory, Group, normalize_mac
+from filterd.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,5 @@ class DirectoryRefresher:
             await asyncio.sleep(max(0.0, self._last + 1.0 - loop.time()))  # at most one refresh a second
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel([self._task])
+        self._task = None

@@ -8,7 +8,6 @@ and REFUSED do not count: the upstream is alive, only that name failed. `filterd
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import struct
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 
 from filterd.config.schema import Endpoint
 from filterd.metrics import Metrics
+from filterd.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,8 @@ class UpstreamHealth:
             self._task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel([self._task])
+        self._task = None
 
     async def _probe_loop(self) -> None:
         from filterd.pipeline.upstream import UpstreamError, exchange_udp

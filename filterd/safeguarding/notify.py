@@ -7,7 +7,6 @@ The message is short and factual, for the adult who reads it: which device (name
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import smtplib
 import ssl
@@ -21,6 +20,7 @@ import aiohttp
 from filterd.config.schema import DEFAULT_CATEGORIES, HelpItem, NotifyConfig
 from filterd.querylog.store import Identity
 from filterd.safeguarding.engine import Alert
+from filterd.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,4 @@ class Notifier:
             smtp.send_message(message)
 
     async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(list(self.tasks))
