@@ -13,6 +13,7 @@ from typing import Any
 
 from filterd.blocklists.local import LOCAL_LIST
 from filterd.blocklists.parse import normalize_name
+from filterd.blocklists.rules import rule_kind
 from filterd.config.schema import Endpoint
 from filterd.errors import FilterdError
 from filterd.groups.model import Group
@@ -134,15 +135,6 @@ def explain(
         "upstreams": [str(u) for u in upstreams],
         "reason": f"not blocked: forwarded to {to}" + (f" (client group {group.name})" if group else ""),
     }
-
-
-def rule_kind(entry: str) -> str:
-    """What kind of list entry matched: "name" (a listed name), "brand rule" (omegle.*) or "name pattern"."""
-    if entry.startswith("/"):
-        return "name pattern"
-    if entry.endswith(".*"):
-        return "brand rule"
-    return "name"
 
 
 def quote_line(path: Path, line: int) -> str | None:

@@ -35,10 +35,12 @@ EVAL = ROOT / "eval"
 try:
     from filterd.blocklists.matcher import ListSource, Match, Matcher
     from filterd.blocklists.parse import parse_list
+    from filterd.blocklists.rules import rule_kind
 except ImportError:  # pragma: no cover - run from a checkout without filterd installed
     sys.path.insert(0, str(ROOT.parent))
     from filterd.blocklists.matcher import ListSource, Match, Matcher
     from filterd.blocklists.parse import parse_list
+    from filterd.blocklists.rules import rule_kind
 
 
 @dataclass
@@ -112,7 +114,7 @@ def evaluate(
         found = matcher.match(name)
         if found is None:
             continue
-        if found.entry.endswith(".*") or found.entry.startswith("/"):
+        if rule_kind(found.entry) != "name":
             report.rule_hits.setdefault(found.entry, []).append(name)
         if name in labelled:
             report.top_labelled_blocked.append(name)

@@ -40,6 +40,7 @@ __all__ = [
     "backtrack_bound",
     "brand_label",
     "check_pattern",
+    "rule_kind",
     "suffix_check",
 ]
 
@@ -176,6 +177,16 @@ class RuleHit:
 
     list_index: int
     rule: Rule
+
+
+def rule_kind(entry: str) -> str:
+    """What kind of list entry a Match's `entry` is: "name" (a listed name), "brand rule" (`omegle.*`) or
+    "name pattern" (`/.../`)."""
+    if entry.startswith("/"):
+        return "name pattern"
+    if entry.endswith(".*"):
+        return "brand rule"
+    return "name"
 
 
 def brand_label(text: str) -> str | None:

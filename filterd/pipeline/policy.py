@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 from filterd.blocklists.local import LOCAL_LIST, LocalLists
 from filterd.blocklists.matcher import BlockIndex, Match
+from filterd.blocklists.rules import rule_kind
 from filterd.dns.names import covering
 from filterd.groups.model import Group, stay_healthy_names
 from filterd.pipeline.base import Answer, Decision, PassThrough, Query
@@ -87,7 +88,7 @@ class PolicyStage(PassThrough):
         """The blocked reply; a negative answer's SOA is owned by the listed name, or the query name when a brand
         rule or a pattern matched."""
         entry = match.entry
-        if entry.endswith(".*") or entry.startswith("/"):
+        if rule_kind(entry) != "name":
             entry = query.question.qname
         return self.replies.reply(query.question, entry, match.list)
 
