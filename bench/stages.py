@@ -39,6 +39,8 @@ from filterd.pipeline.base import Answer, Decision, Pipeline, Query
 from filterd.pipeline.cache import CacheStage, DnsCache
 from filterd.pipeline.client import ClientStage
 from filterd.pipeline.policy import AllowList, PolicyStage
+from filterd.querylog.events import QueryEvents
+from filterd.querylog.store import QueryLog
 from filterd.sinkhole import BlockedReplies
 from filterd.transport.handler import QueryHandler
 
@@ -92,7 +94,9 @@ def main() -> None:
     query_b, query_h = Query(blocked, q_blocked, ip, "udp"), Query(hit, q_hit, ip, "udp")
     cache_stage = pipeline.stages[2]
 
-    def without_fast(packet: bytes) -> Callable[[], object]:
+    def without_fast(packet: bytes, handler: QueryHandler = handler) -> Callable[[], object]:
+        fast = handler.fast
+
         def call() -> object:
             handler.fast = None
             handler._fast_for = pipeline  # keep it off for this call
@@ -119,6 +123,18 @@ def main() -> None:
     ]
     if fast is not None:
         steps.append(("  packet_key + lookup (fast path alone)", lambda: fast.lookup(blocked, ip, "udp")))
+
+    # The same two hits with the query log on (privacy: full; its pages never written here, only noted)
+    querylog = QueryLog(tmp / "q.sqlite", max_queue=10**9)
+    logged = QueryHandler(pipeline, Metrics(CollectorRegistry(), "bench"))
+    logged.events = QueryEvents(querylog, None, lambda alerts: None)
+    for packet in (blocked, hit):
+        logged.handle(packet, ip, "udp")
+    steps += [
+        ("handle, blocked name, packet cache hit, query log on", lambda: logged.handle(blocked, ip, "udp")),
+        ("handle, cache hit, packet cache hit, query log on", lambda: logged.handle(hit, ip, "udp")),
+        ("handle, blocked name, no packet cache, query log on", without_fast(blocked, logged)),
+    ]
     width = max(len(name) for name, _ in steps)
     for name, call in steps:
         best = min(timeit.repeat(call, number=n, repeat=5)) / n * 1e6

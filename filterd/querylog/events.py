@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from filterd.dns.wire import qtype_label
+from filterd.dns.wire import Question, qtype_label
 from filterd.pipeline.base import Answer, Decision, Query
-from filterd.querylog.store import QueryLog
+from filterd.querylog.store import QueryLog, Tail
 from filterd.safeguarding.engine import Alert, AlertEngine
+from filterd.transport.fastpath import Entry
 
 _NOT_LOGGED = frozenset({Decision.RATELIMITED, Decision.DROPPED})
 
@@ -35,25 +36,44 @@ class QueryEvents:
         return self.querylog is not None or self.engine is not None
 
     def answered(self, query: Query, answer: Answer) -> None:
-        if answer.decision in _NOT_LOGGED:
+        decision = answer.decision
+        if decision in _NOT_LOGGED:
             return  # a flood's queries: counted in metrics, not worth a row each
         group = "" if query.group is None else query.group.name
-        blocked = answer.decision is Decision.BLOCKED
-        name = query.question.qname
         if self.querylog is not None:
             ms = (time.perf_counter() - query.received) * 1000 if query.received else 0.0
-            self.querylog.add_fields(
-                self.clock(),
-                query.client_ip,
-                group,
-                name,
-                qtype_label(query.question.qtype),
-                answer.decision,  # a str enum: stored as its text
-                answer.reason if blocked else "",
-                answer.category,
-                ms,
-            )
-        if blocked and self.engine is not None:
-            alerts = self.engine.observe(query.client_ip, group, name, answer.category, answer.reason)
-            if alerts:
-                self.on_alerts(alerts)
+            self.querylog.log(query.client_ip, log_tail(group, query.question, answer), self.clock(), ms)
+        if decision is Decision.BLOCKED and self.engine is not None:
+            self._observe(query.client_ip, group, query.question.qname, answer)
+
+    def hit(self, entry: Entry, client_ip: str) -> None:
+        """A packet-cache hit (`fastpath.py`): the entry keeps its log tail, made at its first hit."""
+        answer = entry.answer
+        group = "" if entry.group is None else entry.group.name
+        if self.querylog is not None:
+            tail = entry.logged
+            if tail is None:
+                tail = entry.logged = log_tail(group, entry.question, answer)
+            self.querylog.log(client_ip, tail, self.clock())
+        if answer.decision is Decision.BLOCKED and self.engine is not None:
+            self._observe(client_ip, group, entry.question.qname, answer)
+
+    def _observe(self, client_ip: str, group: str, name: str, answer: Answer) -> None:
+        assert self.engine is not None
+        alerts = self.engine.observe(client_ip, group, name, answer.category, answer.reason)
+        if alerts:
+            self.on_alerts(alerts)
+
+
+def log_tail(group: str, question: Question, answer: Answer) -> Tail:
+    """What the query log keeps of an answer besides who and when (plain strings: the writer marshals them)."""
+    decision = answer.decision
+    blocked = decision is Decision.BLOCKED
+    return (
+        group,
+        question.qname,
+        qtype_label(question.qtype),
+        decision.value,
+        answer.reason if blocked else "",
+        answer.category,
+    )

@@ -1,44 +1,38 @@
-"""QueryLog: the query path hands it a tuple (one bounded deque append, never a wait); one writer thread
-turns them into rows of an SQLite database in WAL mode in `state_dir`, in batches, and deletes rows older
-than `retention`. Readers (`filterd log`, the report, `lists suggest`) open their own connections.
+"""QueryLog: the query path counts each answer in a dict (never a wait, never a row); once a second the
+counts go, a page at a time, to the writer process (`writer.py`), which holds the SQLite database (WAL mode,
+in `state_dir`), makes the rows and deletes those older than `retention`. Readers (`filterd log`, the report,
+`lists suggest`) open their own read-only connections.
 
-What a full queue or a failing disk costs: the rows it could not take are counted (`dropped`, `failed`) and
-logged at most once a minute; a query is never delayed and never fails because of the log.
+Why a process: making and inserting rows costs a few microseconds each, in a thread that holds the event
+loop's GIL while it does, so with a thread the log cost a third of the blocked-name throughput when every query
+is a new row. Here the server's process only marshals each page (a C call on plain dicts), in a thread that
+hands the GIL back between pages; the child's work runs on another core.
+
+What a full queue, a failing disk or a dead writer cost: the rows that could not be kept are counted (`dropped`,
+`failed`) and logged at most once a minute; a query is never delayed and never fails because of the log; a
+writer that died is started again at the next batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from filterd.querylog.record import Privacy, Record, pseudonym
+from filterd.querylog.writer import frame, read_frame
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queries (
-    time REAL NOT NULL, client TEXT NOT NULL, grp TEXT NOT NULL, name TEXT NOT NULL, qtype TEXT NOT NULL,
-    decision TEXT NOT NULL, list TEXT NOT NULL, category TEXT NOT NULL, ms REAL NOT NULL, n INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS queries_time ON queries (time);  -- the only index: each costs every write
-CREATE TABLE IF NOT EXISTS devices (
-    client TEXT PRIMARY KEY, mac TEXT NOT NULL, device TEXT NOT NULL, seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS alerts (
-    time REAL NOT NULL, rule TEXT NOT NULL, client TEXT NOT NULL, mac TEXT NOT NULL, device TEXT NOT NULL,
-    grp TEXT NOT NULL, names TEXT NOT NULL, result TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time);
-"""
 QUERYLOG_NAME = "querylog.sqlite"
 KEY_NAME = "querylog.key"
 #: What a reader selects: each row with its device's MAC and name as last known (one devices row per client).
@@ -46,11 +40,14 @@ _SELECT = (
     "SELECT q.time, q.client, coalesce(d.mac, ''), coalesce(d.device, ''), q.grp, q.name, q.qtype, q.decision, "
     "q.list, q.category, q.ms, q.n FROM queries q LEFT JOIN devices d ON d.client = q.client"
 )
-_INSERT = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?)"
-#: Rows written per statement; the writer hands the GIL back between chunks so the event loop is never kept waiting.
-_CHUNK = 500  # rows a statement: 5,000 parameters, well under SQLite's limit (32,766)
-#: (time, client IP, group, name, qtype, decision, list, category, ms): what the query path hands over
+#: Answers noted in one page before a new one is started; marshalling a page holds the GIL for about a millisecond.
+PAGE = 4096
+#: (group, name, qtype, decision, list, category): what a logged answer says, besides who asked and when
+Tail = tuple[str, str, str, str, str, str]
+#: (time, client IP, group, name, qtype, decision, list, category, ms): one answered query, as tests hand it over
 Pending = tuple[float, str, str, str, str, str, str, str, float]
+#: The answers noted, in order: (client, tail), their times and their answer times in milliseconds
+Page = tuple[list[tuple[str, Tail]], list[float], list[float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +66,10 @@ class LogStats:
     pruned: int = 0
     last_problem: str = ""
     _reported: float = field(default=0.0, repr=False)
+
+
+class WriterError(Exception):
+    """The writer process could not be started or stopped answering."""
 
 
 class QueryLog:
@@ -95,20 +96,23 @@ class QueryLog:
         self.max_queue = max_queue
         self.interval = interval
         self.stats = LogStats()
-        #: (client, group, name, qtype, decision, list, category) -> [first time, count, total ms], per interval
-        #: (counts, first times, total ms) by (client, group, name, qtype, decision, list, category), for the
-        #: current interval: three dicts of numbers, swapped as one tuple. No object per query that the garbage
-        #: collector has to track (a list per query made the collector run every few hundred queries).
-        self._pending: tuple[dict[tuple[str, ...], int], dict[tuple[str, ...], float], dict[tuple[str, ...], float]]
-        self._pending = ({}, {}, {})
+        #: The page being filled: three lists, swapped as one tuple; full pages wait in `_full` for the next
+        #: write. The keys' tails are mostly shared objects (a packet-cache entry keeps its own), which marshal
+        #: writes once a page. `_clients`: who asked since the last write (their devices rows).
+        self._pending: Page = ([], [], [])
+        self._full: list[Page] = []
+        self._clients: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_prune = 0.0
         self._pseudonyms: dict[str, str] = {}
         self._devices: dict[str, tuple[str, str]] = {}  # client -> (mac, device) as last written
-        self._lock = threading.Lock()  # one writer connection, used by the thread and by flush()/prune()
-        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one conversation with the writer at a time (the thread, flush(), prune())
+        self._child: subprocess.Popen[bytes] | None = None
+        self._child_path: Path | None = None
+        #: Seconds one exchange with the writer may take before it is killed (and started again next time).
+        self.writer_timeout = 60.0
 
     # --- the query path ----------------------------------------------------------------------------------
 
@@ -116,47 +120,32 @@ class QueryLog:
     def enabled(self) -> bool:
         return self.privacy is not Privacy.OFF
 
-    def add_fields(
-        self,
-        when: float,
-        client: str,
-        group: str,
-        name: str,
-        qtype: str,
-        decision: str,
-        list_name: str,
-        category: str,
-        ms: float,
-    ) -> None:
-        """`add()` without building the tuple first (the query path's call)."""
-        if self.privacy is not Privacy.FULL:
-            self.add((when, client, group, name, qtype, decision, list_name, category, ms))
-            return
-        self._count((client, group, name, qtype, decision, list_name, category), when, ms)
-
-    def _count(self, key: tuple[str, ...], when: float, ms: float) -> None:
-        counts, first, total = self._pending
-        n = counts.get(key)
-        if n is not None:
-            counts[key] = n + 1
-            total[key] += ms
-        elif len(counts) < self.max_queue:
-            counts[key] = 1
-            first[key] = when
-            total[key] = ms
-        else:
-            self.stats.dropped += 1
+    def log(self, client: str, tail: Tail, when: float, ms: float = 0.0) -> None:
+        """Note one answered query; never blocks: three list appends and a set add, no hashing of the row.
+        The writer counts what the interval's pages hold: the same question from the same client with the same
+        answer within one write interval (a second) becomes one row with a count. `ms`: the answer time, for
+        forwarded answers (0 for those answered at once)."""
+        privacy = self.privacy
+        if privacy is not Privacy.FULL:
+            if privacy is Privacy.BLOCKED_ONLY and tail[3] != "blocked":
+                return
+            if privacy is Privacy.HASH_CLIENTS:
+                client = self._pseudonym(client)
+        keys, times, ms_list = self._pending
+        if len(keys) >= PAGE:
+            if (len(self._full) + 1) * PAGE >= self.max_queue:
+                self.stats.dropped += 1
+                return
+            self._full.append(self._pending)
+            keys, times, ms_list = self._pending = ([], [], [])
+        keys.append((client, tail))
+        times.append(when)
+        ms_list.append(ms)
+        self._clients.add(client)
 
     def add(self, item: Pending) -> None:
-        """Hand over one answered query; never blocks. The same question from the same client with the same
-        answer within one write interval (a second) becomes one row with a count: a page's repeated lookups
-        and a program's retries cost one dict update each, not a row each."""
-        if self.privacy is Privacy.BLOCKED_ONLY and item[5] != "blocked":
-            return
-        client = item[1]
-        if self.privacy is Privacy.HASH_CLIENTS:
-            client = self._pseudonym(client)
-        self._count((client, *item[2:8]), item[0], item[8])
+        """`log()` with the fields in one tuple."""
+        self.log(item[1], (item[2], item[3], item[4], item[5], item[6], item[7]), item[0], item[8])
 
     def _pseudonym(self, client: str) -> str:
         found = self._pseudonyms.get(client)
@@ -175,17 +164,14 @@ class QueryLog:
         self._thread.start()
 
     def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(10)
-        self._thread = None
+        if self._thread is not None:
+            self._stop.set()
+            self._wake.set()
+            self._thread.join(10)
+            self._thread = None
         self.flush()
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self._end_child()
 
     def _run(self) -> None:
         # (No lower CPU priority for this thread: preempted while holding the GIL, it would stall the event loop.)
@@ -197,56 +183,94 @@ class QueryLog:
             if now - self._last_prune >= 60:
                 self.prune(now)
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fresh = not self.path.exists()
-            db = sqlite3.connect(self.path, check_same_thread=False, timeout=5)
-            if fresh:
-                with contextlib.suppress(OSError):
-                    os.chmod(self.path, 0o600)  # who asked what is personal data: the service user only
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
+    def _writer(self) -> subprocess.Popen[bytes]:
+        """The writer process (started, or started again after it died or the database moved)."""
+        child = self._child
+        if child is not None and (child.poll() is not None or self._child_path != self.path):
+            self._end_child()
+            child = None
+        if child is None:
+            try:
+                child = subprocess.Popen(  # -P: not the working directory on sys.path
+                    [sys.executable, "-P", "-m", "filterd.querylog.writer", str(self.path)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise WriterError(f"cannot start the writer process: {exc}") from exc
+            self._child, self._child_path = child, self.path
+        return child
+
+    def _end_child(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        with contextlib.suppress(OSError):
+            assert child.stdin is not None
+            child.stdin.close()  # the writer ends at the end of its input
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+    def _ask(self, message: tuple[Any, ...], pages: Iterable[Page] = ()) -> tuple[Any, ...]:
+        """Send pages then a request to the writer; its reply. Holds `_lock`. Raises WriterError."""
+        child = self._writer()
+        pipe: IO[bytes] | None = child.stdin
+        assert pipe is not None and child.stdout is not None
+        jsonl = "" if self.jsonl is None else str(self.jsonl)
+        # A writer that hangs (a stopped process, a disk that never answers) is killed: that ends the
+        # exchange (EPIPE, or the end of its replies) and the batch counts as failed, not the thread stuck.
+        watchdog = threading.Timer(self.writer_timeout, child.kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            for keys, times, ms in pages:
+                pipe.write(frame(("page", keys, times, ms, jsonl)))
+                time.sleep(0)  # hand the GIL back to the event loop between pages
+            pipe.write(frame(message))
+            pipe.flush()
+            reply = read_frame(child.stdout)
+        except (OSError, ValueError, EOFError) as exc:
+            self._end_child()
+            raise WriterError(f"the writer process failed: {exc}") from exc
+        finally:
+            watchdog.cancel()
+        if reply is None:
+            self._end_child()
+            raise WriterError(f"the writer process ended (exit status {child.returncode})")
+        return tuple(reply)
 
     def flush(self) -> int:
-        """Write what is pending (in the writer thread; tests call it directly). Returns the rows written.
-
-        One row per distinct question, client and answer of the interval, with its count; the clients' MACs and
-        names go to the small `devices` table, once per client and batch. Rows are made and written a few hundred
-        at a time, and the GIL is handed back between chunks, so the event loop's thread never waits long."""
-        (counts, first, total), self._pending = self._pending, ({}, {}, {})  # one swap: the query path moves on
-        if not counts:
-            return 0
-        entries = [(key, (first[key], n, total[key])) for key, n in counts.items()]
-        devices = self._device_rows({key[0] for key in counts}, entries[-1][1][0])
-        queries = 0
-        try:
-            with self._lock:
-                db = self._connect()
-                with db:  # one transaction (one commit) per batch
-                    for start in range(0, len(entries), _CHUNK):
-                        chunk = entries[start : start + _CHUNK]
-                        # one statement for many rows: SQLite's work runs with the GIL released once per
-                        # statement, not once per row (each hand-over of the GIL makes the event loop wait)
-                        values = [v for key, (t, n, total) in chunk for v in (t, *key, total / n, n)]
-                        db.execute(_insert_many(len(chunk)), values)
-                        if start == 0 and devices:
-                            db.executemany("INSERT OR REPLACE INTO devices VALUES (?,?,?,?)", devices)
-                        queries += sum(slot[1] for _, slot in chunk)
-                        time.sleep(0)  # let the event loop's thread run between chunks
-        except (sqlite3.Error, OSError) as exc:
-            lost = sum(slot[1] for _, slot in entries) - queries
-            self._problem(f"cannot write {lost} queries to {self.path}: {exc}", lost)
-            self._db = None
-            self._devices = {}
-            return 0
-        self.stats.written += queries
-        if self.jsonl is not None:
-            self._write_jsonl([(t, *key, total / n, n) for key, (t, n, total) in entries])
-        return len(entries)
+        """Write what is pending (in the writer thread; tests and readers call it directly). Returns the rows
+        written: one per distinct question, client and answer of the interval, with its count; the clients'
+        MACs and names go to the small `devices` table, once per client and change."""
+        with self._lock:
+            pages, self._full = self._full, []
+            page, self._pending = self._pending, ([], [], [])  # the query path moves on to a new page
+            clients, self._clients = self._clients, set()
+            if page[0]:
+                pages.append(page)
+            if not pages:
+                return 0
+            queries = sum(len(p[0]) for p in pages)
+            devices = self._device_rows(clients, self.clock())
+            try:
+                reply = self._ask(("commit", devices), pages)
+            except WriterError as exc:
+                reply = ("error", queries, str(exc))
+            if reply[0] != "ok":
+                self._devices = {}  # written again with the next batch
+                self._problem(f"cannot write {reply[1]} queries to {self.path}: {reply[2]}", int(reply[1]))
+                return 0
+            if len(reply) > 3:
+                self._problem(str(reply[3]), 0)
+            self.stats.written += int(reply[2])
+            return int(reply[1])
 
     def _device_rows(self, clients: set[str], when: float) -> list[tuple[str, str, str, float]]:
         """(client, mac, device, seen) for the clients whose MAC or name changed since last written."""
@@ -263,36 +287,25 @@ class QueryLog:
                 out.append((client, mac, device, when))
         return out
 
-    def _write_jsonl(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        assert self.jsonl is not None
-        keys = ("time", "client", "group", "name", "qtype", "decision", "list", "category", "ms", "count")
-        try:
-            with self.jsonl.open("a", encoding="utf-8") as handle:
-                for row in rows:
-                    record: dict[str, Any] = dict(zip(keys, row, strict=True))
-                    mac, device = self._devices.get(row[1], ("", ""))
-                    record |= {"mac": mac, "device": device}
-                    handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-        except OSError as exc:
-            self._problem(f"cannot append to {self.jsonl}: {exc}", 0)
+    def _change(self, message: tuple[Any, ...], what: str) -> int | None:
+        """Ask the writer for a change; the rows it changed, or None (it failed: counted and logged)."""
+        with self._lock:
+            try:
+                reply = self._ask(message)
+            except WriterError as exc:
+                reply = ("error", 0, str(exc))
+        if reply[0] != "ok":
+            self._problem(f"cannot {what} in {self.path}: {reply[2]}", 0)
+            return None
+        return int(reply[1]) if len(reply) > 1 else 0
 
     def prune(self, now: float | None = None) -> int:
         """Delete rows (and alerts) older than `retention`; returns how many query rows went."""
         now = self.clock() if now is None else now
         self._last_prune = now
-        cutoff = now - self.retention
-        try:
-            with self._lock:
-                db = self._connect()
-                with db:
-                    gone = db.execute("DELETE FROM queries WHERE time < ?", (cutoff,)).rowcount
-                    db.execute("DELETE FROM alerts WHERE time < ?", (cutoff,))
-                    db.execute("DELETE FROM devices WHERE client NOT IN (SELECT DISTINCT client FROM queries)")
-        except (sqlite3.Error, OSError) as exc:
-            self._problem(f"cannot delete old rows from {self.path}: {exc}", 0)
-            return 0
+        gone = self._change(("prune", now - self.retention), "delete old rows") or 0
         self.stats.pruned += gone
-        return int(gone)
+        return gone
 
     def _problem(self, message: str, rows: int) -> None:
         self.stats.failed += rows
@@ -307,16 +320,7 @@ class QueryLog:
         mac, device = identity.mac, identity.device
         if self.privacy is Privacy.HASH_CLIENTS:
             client, mac, device = (pseudonym(self.key, v) for v in (client, mac, device))
-        try:
-            with self._lock:
-                db = self._connect()
-                with db:
-                    db.execute(
-                        "INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?)",
-                        (when, rule, client, mac, device, group, " ".join(names), result),
-                    )
-        except (sqlite3.Error, OSError) as exc:
-            self._problem(f"cannot record an alert in {self.path}: {exc}", 0)
+        self._change(("alert", (when, rule, client, mac, device, group, " ".join(names), result)), "record an alert")
 
     # --- readers ----------------------------------------------------------------------------------------
 
@@ -361,25 +365,11 @@ class QueryLog:
         """Delete every row (and alert) of one client; returns the query rows deleted."""
         self.flush()
         stored = self.client_key(client)
-        with self._lock:
-            db = self._connect()
-            with db:
-                gone = db.execute("DELETE FROM queries WHERE client = ?", (stored,)).rowcount
-                db.execute("DELETE FROM alerts WHERE client = ?", (stored,))
-                db.execute("DELETE FROM devices WHERE client = ?", (stored,))
-            self._devices.pop(stored, None)
-        return int(gone)
-
-
-_INSERTS: dict[int, str] = {}
-
-
-def _insert_many(rows: int) -> str:
-    """`INSERT INTO queries VALUES (...), (...), ...` for `rows` rows (memoised)."""
-    sql = _INSERTS.get(rows)
-    if sql is None:
-        sql = _INSERTS[rows] = "INSERT INTO queries VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * rows)
-    return sql
+        self._devices.pop(stored, None)
+        gone = self._change(("delete", stored), f"delete the rows of {client}")
+        if gone is None:
+            raise OSError(self.stats.last_problem)
+        return gone
 
 
 def _filters(client: str | None, group: str | None, blocked: bool, since: float | None) -> tuple[str, list[Any]]:

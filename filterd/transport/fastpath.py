@@ -96,6 +96,8 @@ class Entry:
     offsets: tuple[int, ...] = ()
     ttls: tuple[int, ...] = ()
     age: int = 0
+    #: What the query log keeps of this answer (`events.log_tail`), made at the first hit that is logged.
+    logged: tuple[str, str, str, str, str, str] | None = None
 
     def refresh(self, age: int) -> None:
         out = bytearray(self.tail)

@@ -48,7 +48,7 @@ class QueryHandler:
                     protocol, entry.question.qtype, decision, "default" if group is None else group.name
                 )
                 if self.events is not None:
-                    self.events.answered(Query(data, entry.question, client_ip, protocol, group), entry.answer)
+                    self.events.hit(entry, client_ip)
                 return reply
         try:
             q = wire.parse_query(data)
@@ -60,8 +60,6 @@ class QueryHandler:
                 return None
             return self._count(wire.error_reply(data, exc.rcode), protocol, 0)
         query = Query(data, q, client_ip, protocol)
-        if self.events is not None:
-            query.received = time.perf_counter()
         try:
             answer = self.pipeline.answer_now(query)
         except Exception:
@@ -71,6 +69,8 @@ class QueryHandler:
             if fast is not None and fast.missed is not None:
                 fast.store(query, answer)
             return self.finish(answer, query)
+        if self.events is not None:
+            query.received = time.perf_counter()  # the log's answer time: 0 for answers given at once
         return self._resolve(query)
 
     async def _resolve(self, query: Query) -> bytes | None:

@@ -1,0 +1,255 @@
+"""The query log's writer: a child process that holds the SQLite database's only write connection.
+
+The server's process hands it each interval's rows over a pipe (`store.QueryLog`), a page at a time, as the
+query path counted them; everything that costs per row (making the rows, SQLite's inserts and its index, the
+JSONL sink) happens here, on another core, so the process that answers queries pays only for marshalling a
+page. It exits when the pipe closes: when the server stops, or dies.
+
+    python -m filterd.querylog.writer DATABASE    (stdin: requests; stdout: replies)
+
+Requests and replies are frames: a 4-byte big-endian length, then a `marshal` payload (plain tuples, strings and
+numbers: nothing in it can run code). Requests:
+
+    ("page", keys, times, ms, jsonl) answers noted by the server: keys[i] = (client, (group, name, qtype,
+                                     decision, list, category)), at times[i], in ms[i] milliseconds; also to the
+                                     JSONL file jsonl, if not "". No reply (the next "commit" says how they went)
+    ("commit", devices)              write the pages since the last commit, one row per distinct key with its
+                                     count, first time and mean answer time, and the changed devices rows
+                                     (client, mac, device, seen), in one transaction ->
+                                     ("ok", rows, queries[, problem with the JSONL file]) or
+                                     ("error", queries lost, why)
+    ("prune", cutoff)                delete rows and alerts older than cutoff -> ("ok", rows deleted)
+    ("delete", client)               delete a client's rows, alerts and device -> ("ok", rows deleted)
+    ("alert", row)                   record an alert that fired -> ("ok",)
+
+Any request may get ("error", 0, why) instead; the writer then reconnects for the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import marshal
+import os
+import sqlite3
+import struct
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queries (
+    time REAL NOT NULL, client TEXT NOT NULL, grp TEXT NOT NULL, name TEXT NOT NULL, qtype TEXT NOT NULL,
+    decision TEXT NOT NULL, list TEXT NOT NULL, category TEXT NOT NULL, ms REAL NOT NULL, n INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queries_time ON queries (time);  -- the only index: each costs every write
+CREATE TABLE IF NOT EXISTS devices (
+    client TEXT PRIMARY KEY, mac TEXT NOT NULL, device TEXT NOT NULL, seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    time REAL NOT NULL, rule TEXT NOT NULL, client TEXT NOT NULL, mac TEXT NOT NULL, device TEXT NOT NULL,
+    grp TEXT NOT NULL, names TEXT NOT NULL, result TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time);
+"""
+FRAME = struct.Struct("!I")
+#: Rows written per statement: 5,000 parameters, well under SQLite's limit (32,766).
+CHUNK = 500
+JSONL_KEYS = ("time", "client", "group", "name", "qtype", "decision", "list", "category", "ms", "count")
+Row = tuple[Any, ...]
+
+
+def read_frame(stream: IO[bytes]) -> Any:
+    """The next message, or None at the end of the stream (a frame cut short is the end too)."""
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (size,) = FRAME.unpack(head)
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return marshal.loads(body)
+
+
+def frame(message: Any) -> bytes:
+    body = marshal.dumps(message)
+    return FRAME.pack(len(body)) + body
+
+
+def rows_of(keys: list[Any], times: list[float], ms: list[float]) -> list[Row]:
+    """One row per distinct key, in the order first seen: (time first seen, client, group, name, qtype,
+    decision, list, category, mean ms, count). Counting and first times run in C (Counter, dict)."""
+    counts = Counter(keys)
+    first = dict(zip(reversed(keys), reversed(times), strict=True))  # the earliest time is set last
+    total: dict[Any, float] = {}
+    for key, m in zip(keys, ms, strict=True):
+        if m:
+            total[key] = total.get(key, 0.0) + m
+    return [(first[key], key[0], *key[1], total.get(key, 0.0) / n, n) for key, n in counts.items()]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not path.exists()
+    db = sqlite3.connect(path, timeout=5, isolation_level=None)  # transactions are begun and ended here
+    if fresh:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)  # who asked what is personal data: the service user only
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+class Writer:
+    """The writing half of the query log, as the child process runs it (tests may drive one directly)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db: sqlite3.Connection | None = None
+        #: the answers of the pages since the last commit, and the JSONL file they go to ("": none)
+        self.keys: list[Any] = []
+        self.times: list[float] = []
+        self.ms: list[float] = []
+        self.jsonl = ""
+        #: client -> (mac, device) as last written (for the JSONL sink's rows)
+        self.devices: dict[str, tuple[str, str]] = {}
+
+    def _db(self) -> sqlite3.Connection:
+        if self.db is None:
+            self.db = connect(self.path)
+        return self.db
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()  # (rolls back what it had begun)
+        self.db = None
+
+    def page(self, keys: list[Any], times: list[float], ms: list[float], jsonl: str) -> None:
+        self.keys.extend(keys)
+        self.times.extend(times)
+        self.ms.extend(ms)
+        self.jsonl = jsonl
+
+    def commit(self, devices: list[tuple[str, str, str, float]]) -> tuple[Any, ...]:
+        keys, times, ms, jsonl = self.keys, self.times, self.ms, self.jsonl
+        self.keys, self.times, self.ms, self.jsonl = [], [], [], ""
+        queries = len(keys)
+        rows = rows_of(keys, times, ms) if keys else []
+        try:
+            db = self._db()
+            db.execute("BEGIN")
+            for start in range(0, len(rows), CHUNK):
+                chunk = rows[start : start + CHUNK]
+                db.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
+            if devices:
+                db.executemany("INSERT OR REPLACE INTO devices VALUES (?,?,?,?)", devices)
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc)
+            return ("error", queries, str(exc))
+        for client, mac, device, _ in devices:
+            self.devices[client] = (mac, device)
+        if jsonl and rows:
+            problem = self._jsonl(Path(jsonl), rows)
+            if problem:
+                return ("ok", len(rows), queries, problem)
+        return ("ok", len(rows), queries)
+
+    def _jsonl(self, path: Path, rows: list[Row]) -> str:
+        try:
+            with path.open("a", encoding="utf-8") as handle:
+                for row in rows:
+                    record: dict[str, Any] = dict(zip(JSONL_KEYS, row, strict=True))
+                    mac, device = self.devices.get(row[1], ("", ""))
+                    record |= {"mac": mac, "device": device}
+                    handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            return f"cannot append to {path}: {exc}"
+        return ""
+
+    def _change(self, *statements: tuple[str, tuple[Any, ...]]) -> tuple[Any, ...]:
+        """Run statements in one transaction; the first one's row count is the reply."""
+        try:
+            db = self._db()
+            db.execute("BEGIN")
+            counts = [db.execute(sql, args).rowcount for sql, args in statements]
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc)
+            return ("error", 0, str(exc))
+        return ("ok", counts[0])
+
+    def prune(self, cutoff: float) -> tuple[Any, ...]:
+        return self._change(
+            ("DELETE FROM queries WHERE time < ?", (cutoff,)),
+            ("DELETE FROM alerts WHERE time < ?", (cutoff,)),
+            ("DELETE FROM devices WHERE client NOT IN (SELECT DISTINCT client FROM queries)", ()),
+        )
+
+    def delete(self, client: str) -> tuple[Any, ...]:
+        self.devices.pop(client, None)
+        return self._change(
+            ("DELETE FROM queries WHERE client = ?", (client,)),
+            ("DELETE FROM alerts WHERE client = ?", (client,)),
+            ("DELETE FROM devices WHERE client = ?", (client,)),
+        )
+
+    def alert(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return self._change(("INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?)", tuple(row)))
+
+    def handle(self, message: Any) -> tuple[Any, ...] | None:
+        """The reply to one request (None: none is due)."""
+        op = message[0]
+        if op == "page":
+            self.page(message[1], message[2], message[3], message[4])
+            return None
+        if op == "commit":
+            return self.commit(message[1])
+        if op == "prune":
+            return self.prune(message[1])
+        if op == "delete":
+            return self.delete(message[1])
+        if op == "alert":
+            return self.alert(message[1])
+        return ("error", 0, f"unknown request {op!r}")
+
+
+_INSERTS: dict[int, str] = {}
+
+
+def _insert_many(rows: int) -> str:
+    """`INSERT INTO queries VALUES (...), (...), ...` for `rows` rows (memoised): one statement for many rows."""
+    sql = _INSERTS.get(rows)
+    if sql is None:
+        sql = _INSERTS[rows] = "INSERT INTO queries VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * rows)
+    return sql
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m filterd.querylog.writer DATABASE", file=sys.stderr)
+        return 2
+    writer = Writer(Path(argv[0]))
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            message = read_frame(stdin)
+        except (ValueError, EOFError, TypeError) as exc:  # not marshal data: the pipe is not ours
+            print(f"filterd querylog writer: bad request: {exc}", file=sys.stderr)
+            return 1
+        if message is None:
+            break
+        reply = writer.handle(message)
+        if reply is not None:
+            stdout.write(frame(reply))
+            stdout.flush()
+    if writer.db is not None:
+        writer.db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,124 @@
+"""The query log's writer process: what it makes of the pages, and what a dead or hung writer costs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from filterd.querylog.record import Privacy
+from filterd.querylog.store import PAGE, QueryLog
+from filterd.querylog.writer import rows_of
+
+BLOCK = ("kids", "omegle.com", "A", "blocked", "chat-roulette", "chat-roulette-video")
+FORWARD = ("kids", "example.org", "AAAA", "forwarded", "", "")
+
+
+def test_rows_count_repeats_keep_the_first_time_and_average_the_answer_time() -> None:
+    keys = [("10.0.0.2", BLOCK), ("10.0.0.3", BLOCK), ("10.0.0.2", BLOCK), ("10.0.0.2", FORWARD), ("10.0.0.2", FORWARD)]
+    rows = rows_of(keys, [5.0, 6.0, 7.0, 8.0, 9.0], [0.0, 0.0, 0.0, 10.0, 30.0])
+    assert rows == [
+        (5.0, "10.0.0.2", *BLOCK, 0.0, 2),
+        (6.0, "10.0.0.3", *BLOCK, 0.0, 1),
+        (8.0, "10.0.0.2", *FORWARD, 20.0, 2),
+    ]
+
+
+def _stored(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as db:
+        return list(db.execute("SELECT time, client, name, decision, n FROM queries ORDER BY time"))
+
+
+def test_pages_of_one_interval_make_one_row_per_question(tmp_path: Path) -> None:
+    log = QueryLog(tmp_path / "q.sqlite")
+    try:
+        for i in range(PAGE * 2 + 10):  # three pages; the first name in each of them
+            log.log("10.0.0.2", BLOCK if i % 2 == 0 else FORWARD, 100.0 + i)
+        assert log.flush() == 2
+        assert _stored(tmp_path / "q.sqlite") == [
+            (100.0, "10.0.0.2", "omegle.com", "blocked", PAGE + 5),
+            (101.0, "10.0.0.2", "example.org", "forwarded", PAGE + 5),
+        ]
+        assert log.stats.written == PAGE * 2 + 10
+        assert (tmp_path / "q.sqlite").stat().st_mode & 0o777 == 0o600
+    finally:
+        log.stop()
+
+
+def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    log = QueryLog(tmp_path / "q.sqlite", max_queue=PAGE * 2)
+    try:
+        for i in range(PAGE * 3):
+            log.log("10.0.0.2", ("", f"n{i}.example", "A", "forwarded", "", ""), 100.0)
+        assert log.stats.dropped == PAGE  # two pages kept, the third dropped
+        written = log.flush()
+        assert written + log.stats.dropped == PAGE * 3
+    finally:
+        log.stop()
+
+
+def test_a_writer_that_died_is_started_again(tmp_path: Path) -> None:
+    log = QueryLog(tmp_path / "q.sqlite")
+    try:
+        log.log("10.0.0.2", BLOCK, 100.0)
+        assert log.flush() == 1
+        child = log._child
+        assert child is not None
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(5)
+        log.log("10.0.0.3", BLOCK, 101.0)
+        assert log.flush() == 1
+        assert log._child is not None and log._child.pid != child.pid
+        assert [row[1] for row in _stored(tmp_path / "q.sqlite")] == ["10.0.0.2", "10.0.0.3"]
+        assert log.stats.failed == 0
+    finally:
+        log.stop()
+
+
+def test_a_hung_writer_costs_its_batch_not_the_thread(tmp_path: Path) -> None:
+    log = QueryLog(tmp_path / "q.sqlite")
+    log.writer_timeout = 1.0
+    try:
+        log.log("10.0.0.2", BLOCK, 100.0)
+        assert log.flush() == 1
+        child = log._child
+        assert child is not None
+        os.kill(child.pid, signal.SIGSTOP)  # alive, but never answers
+        for i in range(PAGE * 20):  # more than the pipe holds: the write itself blocks until the watchdog fires
+            log.log("10.0.0.2", ("", f"n{i}.example", "A", "forwarded", "", ""), 200.0)
+        started = time.monotonic()
+        assert log.flush() == 0
+        assert time.monotonic() - started < 15
+        assert log.stats.failed == PAGE * 20
+        assert "writer" in log.stats.last_problem
+        log.log("10.0.0.3", BLOCK, 300.0)
+        assert log.flush() == 1  # a new writer
+        assert [row[1] for row in _stored(tmp_path / "q.sqlite")] == ["10.0.0.2", "10.0.0.3"]
+    finally:
+        log.stop()
+
+
+@pytest.mark.parametrize("privacy", [Privacy.BLOCKED_ONLY, Privacy.HASH_CLIENTS])
+def test_privacy_is_applied_before_anything_leaves_the_query_path(tmp_path: Path, privacy: Privacy) -> None:
+    log = QueryLog(tmp_path / "q.sqlite", privacy=privacy, key=b"k" * 32)
+    try:
+        log.log("10.0.0.2", BLOCK, 100.0)
+        log.log("10.0.0.2", FORWARD, 101.0)
+        pending = [key for key in log._pending[0]]
+        if privacy is Privacy.BLOCKED_ONLY:
+            assert pending == [("10.0.0.2", BLOCK)]
+        else:
+            assert {client for client, _ in pending} == {log.client_key("10.0.0.2")}
+            assert "10.0.0.2" not in repr(pending)
+        assert log.flush() == (1 if privacy is Privacy.BLOCKED_ONLY else 2)
+        stored = _stored(tmp_path / "q.sqlite")
+        if privacy is Privacy.BLOCKED_ONLY:
+            assert [row[3] for row in stored] == ["blocked"]
+        else:
+            assert [row[1] for row in stored] == [log.client_key("10.0.0.2")] * 2
+    finally:
+        log.stop()
