@@ -199,6 +199,7 @@ class App:
         self.resolver = resolver or UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics, zones=zones)
         self.safe_search = SafeSearchStage(cfg.safe_search, self.resolver)
         self.access = AccessStage(cfg.dns.allow_clients)
+        self.metrics.proxy.configure(cfg.dns.proxy_protocol)  # before access: it says who the client is
         stages = [
             # First: a client we do not serve learns nothing and costs nothing.
             self.access,

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from filterd.dns.wire import qtype_label
+from filterd.transport.proxy import ProxyGate
 
 
 class QueryCounter(Collector):
@@ -154,6 +155,9 @@ class Metrics:
         registry.register(self.ratelimited)
         self.tcp = TcpCollector()
         registry.register(self.tcp)
+        #: PROXY protocol v2 from `dns.proxy_protocol` (the transports ask it; App.build_pipeline configures it).
+        self.proxy = ProxyGate()
+        registry.register(self.proxy)
         self.upstream_duration = Histogram(
             "filterd_upstream_request_duration_seconds",
             "Time from sending a query to an upstream to its usable answer.",

@@ -89,7 +89,14 @@ class WildcardUdpServer:
             self._datagram(data, reply_control(ancdata), addr)
 
     def _datagram(self, data: bytes, control: list[tuple[int, int, bytes]], addr: tuple[Any, ...]) -> None:
-        result = self.handler.handle(data, addr[0], "udp")
+        client = addr[0]
+        proxy = self.handler.metrics.proxy
+        if proxy.active:  # as UdpServer: the PROXY v2 header names the client
+            unwrapped = proxy.unwrap(data, client)
+            if unwrapped is None:
+                return
+            data, client = unwrapped
+        result = self.handler.handle(data, client, "udp")
         if result is None:
             return
         if isinstance(result, bytes):
