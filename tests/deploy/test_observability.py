@@ -1,6 +1,6 @@
-"""deploy/prometheus/ and deploy/grafana/: the alert rules pass promtool's check and their unit tests
-(deploy/prometheus/filterd.rules.test.yml), and every metric the rules and the dashboard deploy/grafana/filterd.json
-name is one a running filterd exports (scraped from its /metrics, not taken from the source)."""
+"""deploy/prometheus/ and deploy/grafana/: the alert rules (deploy/prometheus/filterd.rules.yml) pass promtool's
+check and their unit tests (deploy/prometheus/filterd.rules.test.yml), and every metric the rules and the dashboard
+deploy/grafana/filterd.json name is one a running filterd exports (scraped from its /metrics, not the source)."""
 
 from __future__ import annotations
 
