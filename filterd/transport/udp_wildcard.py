@@ -58,6 +58,7 @@ class WildcardUdpServer:
         self.max_inflight = max_inflight
         self.tasks: set[asyncio.Task[None]] = set()
         self.overloaded = 0
+        self.proxy = handler.metrics.proxy  # dns.proxy_protocol (one gate per server, configured on reload)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -90,7 +91,7 @@ class WildcardUdpServer:
 
     def _datagram(self, data: bytes, control: list[tuple[int, int, bytes]], addr: tuple[Any, ...]) -> None:
         client = addr[0]
-        proxy = self.handler.metrics.proxy
+        proxy = self.proxy
         if proxy.active:  # as UdpServer: the PROXY v2 header names the client
             unwrapped = proxy.unwrap(data, client)
             if unwrapped is None:
