@@ -199,6 +199,7 @@ class App:
         self.resolver = resolver or UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics, zones=zones)
         self.safe_search = SafeSearchStage(cfg.safe_search, self.resolver)
         self.access = AccessStage(cfg.dns.allow_clients)
+        self.metrics.proxy.configure(cfg.dns.proxy_protocol)  # before access: it says who the client is
         stages = [
             # First: a client we do not serve learns nothing and costs nothing.
             self.access,
@@ -340,9 +341,11 @@ class App:
             for problem in exc.problems:
                 log.error("reload: %s", problem)
             log.error("reload: the config has errors; the running config stays in use")
+            self._count_reload(ok=False)
             return {"ok": False, "errors": exc.problems}
         except FilterdError as exc:
             log.error("reload: %s; the running config stays in use", exc)
+            self._count_reload(ok=False)
             return {"ok": False, "errors": [str(exc)]}
         for warning in self._needs_restart(config):
             log.warning("reload: %s", warning)
@@ -365,6 +368,7 @@ class App:
         else:
             done = await self._rebuild(config, upstreams, lists, lists_changed)
         self._export_list_files(lists)
+        self._count_reload(ok=True)
         seconds = time.monotonic() - started
         log.info("reload: done in %.2fs; %s", seconds, done)
         return {"ok": True, "seconds": round(seconds, 3), "lists": lists.entries, "problems": lists.problems}
@@ -597,6 +601,15 @@ class App:
         for cfg in self.config.lists:
             if cfg.path is not None and cfg.enabled and cfg.name in lists.sources:
                 self.metrics.list_file_ok.labels(list=cfg.name).set(0 if cfg.name in lists.problems else 1)
+        self.metrics.list_refresh_interval.clear()  # and each url list's refresh, for the staleness alert
+        for cfg in self.config.lists:
+            if cfg.url is not None and cfg.enabled:
+                self.metrics.list_refresh_interval.labels(list=cfg.name).set(cfg.refresh)
+
+    def _count_reload(self, *, ok: bool) -> None:
+        """filterd_reloads_total{result} and filterd_config_last_reload_successful (the alert rules watch them)."""
+        self.metrics.reloads.labels(result="done" if ok else "failed").inc()
+        self.metrics.reload_ok.set(1 if ok else 0)
 
     def _export_list_counts(self, entries: dict[str, int]) -> None:
         """filterd_blocklist_entries for every list, the local entries included (when there is a state_dir)."""

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from filterd.dns.wire import qtype_label
+from filterd.transport.proxy import ProxyGate
 
 
 class QueryCounter(Collector):
@@ -154,6 +155,9 @@ class Metrics:
         registry.register(self.ratelimited)
         self.tcp = TcpCollector()
         registry.register(self.tcp)
+        #: PROXY protocol v2 from `dns.proxy_protocol` (the transports ask it; App.build_pipeline configures it).
+        self.proxy = ProxyGate()
+        registry.register(self.proxy)
         self.upstream_duration = Histogram(
             "filterd_upstream_request_duration_seconds",
             "Time from sending a query to an upstream to its usable answer.",
@@ -210,6 +214,26 @@ class Metrics:
             ["list"],
             registry=registry,
         )
+        self.list_refresh_interval = Gauge(
+            "filterd_list_refresh_interval_seconds",
+            "url lists: the configured time between refreshes (alert when the last success is twice this old).",
+            ["list"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "filterd_reloads",
+            "Config reloads (SIGHUP, filterd reload), by result: done, or failed (the running config stays).",
+            ["result"],
+            registry=registry,
+        )
+        self.reload_ok = Gauge(
+            "filterd_config_last_reload_successful",
+            "1 unless the last reload failed (the running config stays in use until one succeeds).",
+            registry=registry,
+        )
+        self.reload_ok.set(1)
+        for result in ("done", "failed"):
+            self.reloads.labels(result=result)
         self.blockpage_views = Counter(
             "filterd_blockpage_views",
             "Block pages shown, by the blocked name's category (a described id, other, or none); never the name.",

@@ -4,11 +4,13 @@
 #   chromium and iproute2 (the block page in a real browser, in a network namespace: needs root),
 #   nftables (deploy/'s router firewall, in network namespaces), systemd (systemd-analyze verify of the
 #   service; nothing is started) and shellcheck (deploy/install.sh).
+#   dnsdist (deploy/dnsdist/: run in front of two filterd on loopback) and prometheus (its promtool: the alert
+#   rules' unit tests in deploy/prometheus/; nothing is started).
 #   Python: a venv in .venv with filterd (editable) and its [test] extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(dnsmasq-base bind9-dnsutils chromium iproute2 nftables systemd shellcheck)
+debs=(dnsmasq-base bind9-dnsutils chromium iproute2 nftables systemd shellcheck dnsdist prometheus)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

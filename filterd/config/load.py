@@ -286,7 +286,7 @@ def _timezone(node: _Node, key: str, p: _Problems) -> str | None:
 
 def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
     dns_keys = {"listen", "upstreams", "timeout", "allow_clients", "forward_zones", "records"}
-    keys = _mapping(node, "dns", dns_keys | {"rebind_protection", "rebind_allow"}, p)
+    keys = _mapping(node, "dns", dns_keys | {"rebind_protection", "rebind_allow", "proxy_protocol"}, p)
     if keys is None:
         return None
     if "listen" not in keys:
@@ -313,9 +313,12 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
     records = _records(keys["records"], p) if "records" in keys else ()
     rebind = _boolean(keys["rebind_protection"], "dns.rebind_protection", p) if "rebind_protection" in keys else True
     rebind_allow = _names_list(keys["rebind_allow"], "dns.rebind_allow", p) if "rebind_allow" in keys else ()
+    proxies: tuple[IPNetwork, ...] | None = ()
+    if "proxy_protocol" in keys:
+        proxies = _items(keys["proxy_protocol"], "dns.proxy_protocol", p, lambda n, k: _network(n, k, p, "10.0.0.5/32"))
     if listen is None or upstreams is None or timeout is None or allow_clients is None:
         return None
-    if zones is None or records is None or rebind is None or rebind_allow is None:
+    if zones is None or records is None or rebind is None or rebind_allow is None or proxies is None:
         return None
     return DnsConfig(
         listen=listen,
@@ -326,6 +329,7 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
         records=records,
         rebind_protection=rebind,
         rebind_allow=rebind_allow,
+        proxy_protocol=proxies,
     )
 
 

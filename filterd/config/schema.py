@@ -62,6 +62,9 @@ class DnsConfig:
     rebind_protection: bool = True
     #: Names (with everything under them) that may answer private addresses anyway, e.g. plex.direct.
     rebind_allow: tuple[str, ...] = ()
+    #: Load balancers (dnsdist) whose packets carry the PROXY protocol v2 header naming the real client; only
+    #: these may, and each of their packets must. Empty: off.
+    proxy_protocol: tuple[IPNetwork, ...] = ()
 
 
 class BlockingMode(enum.StrEnum):

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 
 from filterd.metrics import TcpCollector
+from filterd.transport import proxyproto
 from filterd.transport.handler import QueryHandler
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,16 @@ class TcpServer:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        conn = _Connection(peer[0] if peer else "0.0.0.0", writer, asyncio.get_running_loop().time())
+        client = peer[0] if peer else "0.0.0.0"
+        proxy = self.handler.metrics.proxy
+        guard = proxy.active and not proxy.from_proxy(client)  # a header from anyone else closes the connection
+        if proxy.active and not guard:  # dns.proxy_protocol: the connection starts with the real client's address
+            real = await self._read_proxy_header(reader, client)
+            if real is None:
+                writer.transport.abort()
+                return
+            client = real
+        conn = _Connection(client, writer, asyncio.get_running_loop().time())
         if not self._admit(conn):
             self.stats.closed["refused"] += 1
             writer.transport.abort()
@@ -85,7 +95,7 @@ class TcpServer:
         writer.transport.set_write_buffer_limits(high=self.max_unsent)
         stuck = False
         try:
-            stuck = await self._read_queries(conn, reader)
+            stuck = await self._read_queries(conn, reader, guard)
             if conn.pending and not stuck:
                 await asyncio.wait(conn.pending, timeout=self.idle_timeout)
         finally:
@@ -94,8 +104,22 @@ class TcpServer:
                 task.cancel()
             await self._close(writer, abort=stuck)
 
-    async def _read_queries(self, conn: _Connection, reader: asyncio.StreamReader) -> bool:
-        """Read and answer queries until the client stops; True if it stopped taking its replies (stuck)."""
+    async def _read_proxy_header(self, reader: asyncio.StreamReader, peer: str) -> str | None:
+        """The client a proxy's connection is for (its PROXY v2 header, within the idle timeout); None: drop it."""
+        proxy = self.handler.metrics.proxy
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                fixed = await reader.readexactly(proxyproto.FIXED)
+                header = proxyproto.parse(fixed + await reader.readexactly(proxyproto.body_length(fixed)))
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, proxyproto.ProxyError):
+            proxy.counts["invalid"] += 1
+            return None
+        proxy.counts["accepted"] += 1
+        return header.source or peer
+
+    async def _read_queries(self, conn: _Connection, reader: asyncio.StreamReader, guard: bool = False) -> bool:
+        """Read and answer queries until the client stops; True if it stopped taking its replies (stuck).
+        `guard`: close the connection if it starts with a PROXY header (its sender is not a listed proxy)."""
         writer = conn.writer
         loop = asyncio.get_running_loop()
         while True:
@@ -110,8 +134,15 @@ class TcpServer:
                     return False
             try:
                 async with asyncio.timeout(self.idle_timeout):
-                    length = struct.unpack("!H", await reader.readexactly(2))[0]
-                    data = await reader.readexactly(length)
+                    prefix = await reader.readexactly(2)
+                    length = struct.unpack("!H", prefix)[0]
+                    data = b""
+                    if guard and length >= 10:  # the first 12 bytes of the stream: a PROXY signature?
+                        data = await reader.readexactly(10)
+                        if self.handler.metrics.proxy.untrusted_header(prefix + data):
+                            return False
+                    guard = False
+                    data += await reader.readexactly(length - len(data))
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return False
             conn.last_active = loop.time()

@@ -19,12 +19,20 @@ class UdpServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.overloaded = 0
+        self.proxy = handler.metrics.proxy  # dns.proxy_protocol (one gate per server, configured on reload)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        result = self.handler.handle(data, addr[0], "udp")
+        client = addr[0]
+        proxy = self.proxy
+        if proxy.active:  # dns.proxy_protocol: the header names the client (`proxy.py`); the reply goes to addr
+            unwrapped = proxy.unwrap(data, client)
+            if unwrapped is None:
+                return
+            data, client = unwrapped
+        result = self.handler.handle(data, client, "udp")
         if result is None:
             return
         if isinstance(result, bytes):

@@ -58,6 +58,7 @@ class WildcardUdpServer:
         self.max_inflight = max_inflight
         self.tasks: set[asyncio.Task[None]] = set()
         self.overloaded = 0
+        self.proxy = handler.metrics.proxy  # dns.proxy_protocol (one gate per server, configured on reload)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -89,7 +90,14 @@ class WildcardUdpServer:
             self._datagram(data, reply_control(ancdata), addr)
 
     def _datagram(self, data: bytes, control: list[tuple[int, int, bytes]], addr: tuple[Any, ...]) -> None:
-        result = self.handler.handle(data, addr[0], "udp")
+        client = addr[0]
+        proxy = self.proxy
+        if proxy.active:  # as UdpServer: the PROXY v2 header names the client
+            unwrapped = proxy.unwrap(data, client)
+            if unwrapped is None:
+                return
+            data, client = unwrapped
+        result = self.handler.handle(data, client, "udp")
         if result is None:
             return
         if isinstance(result, bytes):

@@ -65,13 +65,14 @@ def test_the_guides_shell_snippets_parse() -> None:
 def test_the_guides_configs_load() -> None:
     """Every YAML snippet is a whole config filterd accepts; the school's forwards its AD zones to the DCs."""
     blocks = _blocks("yaml")
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     configs = [parse_config(block, f"deploy/README.md yaml block {i}") for i, block in enumerate(blocks)]
     zones = dict(configs[0].dns.forward_zones)
     dcs = ["10.0.0.10:53", "10.0.0.11:53"]
     assert [str(e) for e in zones["school.example"]] == dcs
     assert [str(e) for e in zones["_msdcs.school.example"]] == dcs
     assert [lst.url for lst in configs[1].lists if lst.url] == ["https://intranet.school.example/filterd/blocks.txt"]
+    assert [str(net) for net in configs[2].dns.proxy_protocol] == ["192.168.1.5/32"]  # behind dnsdist
 
 
 def test_the_dhcp_examples_hand_out_both_instances() -> None:
