@@ -166,6 +166,8 @@ def init(folder: Path, name: str, now: dt.datetime) -> LocalCa:
 def rotate(folder: Path, name: str | None, switch_at: dt.datetime, now: dt.datetime) -> Authority:
     """Make the next CA, which signs from `switch_at`; the old one signs until then. A pending rotation is
     refused; one whose date has passed is completed first (the old CA's files go to `retired/`)."""
+    if switch_at <= now:
+        raise CaError(f"the switch date {switch_at:%Y-%m-%d} is not in the future")
     authority = load(folder)
     if authority.next is not None:
         assert authority.switch_at is not None
@@ -175,8 +177,6 @@ def rotate(folder: Path, name: str | None, switch_at: dt.datetime, now: dt.datet
                 "install it on devices (`filterd ca export`) and rotate again after that date"
             )
         _complete(folder, authority)
-    if switch_at <= now:
-        raise CaError(f"the switch date {switch_at:%Y-%m-%d} is not in the future")
     ca = make_ca(name or _common_name(authority.current.cert), now)
     (folder / "next.switch").unlink(missing_ok=True)  # no switch date without its CA: written last
     _write(folder, "next", ca)
