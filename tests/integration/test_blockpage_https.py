@@ -4,6 +4,7 @@ resolved through filterd's DNS, and TLS clients from Python's ssl module (OpenSS
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 import ssl
 import stat
@@ -15,10 +16,14 @@ from pathlib import Path
 import dns.message
 import dns.query
 import pytest
+from aiohttp import web
 from cryptography import x509
 
 from filterd.app import App, StartupError
 from filterd.config.load import load_config
+from filterd.tls import ca
+from filterd.tls.leaves import Certificates
+from filterd.web.https import HttpsListener
 from tests.support import Dnsmasq, RunningFilterd, addresses
 
 FILTERD = [sys.executable, "-m", "filterd"]
@@ -207,3 +212,41 @@ def test_by_default_nothing_listens_for_https(start_filterd: Start, dnsmasq: Dns
           listen: ["127.0.0.1:0"]
     """)
     assert server.app is not None and server.app.listening.blockpage_https == []
+
+
+async def test_one_client_cannot_hold_every_handshake(tmp_path: Path) -> None:
+    """Connections that never send a ClientHello: one address holds at most `per_client` handshakes (the next is
+    closed at once), others still get through, and a silent one is closed after the handshake timeout."""
+    ca.init(tmp_path / "ca", "Test CA", dt.datetime.now(dt.UTC))
+    certificates = Certificates(ca.load(tmp_path / "ca"), lambda name, client: True, lambda result: None)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello {request.host}")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    listener = HttpsListener(runner, sock, certificates, per_client=2, handshake_timeout=1.0)
+    await listener.start()
+    port = sock.getsockname()[1]
+    try:
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 0.5) == b""  # the third from this address: closed at once
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
+        other, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="omegle.test", local_addr=("127.0.0.2", 0)
+        )
+        writer.write(b"GET / HTTP/1.1\r\nHost: omegle.test\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(other.read(), 5)).endswith(b"hello omegle.test")
+        for waiting, _ in silent:  # the handshake timeout closes them
+            assert await asyncio.wait_for(waiting.read(), 5) == b""
+        reader, _ = await asyncio.open_connection("127.0.0.1", port)  # and their slots are free again
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(), 0.3)
+    finally:
+        await listener.close()
+        await runner.cleanup()
+        certificates.close()
