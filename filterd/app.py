@@ -902,6 +902,14 @@ class App:
                     sinkhole,
                     sinkhole,
                 )
+            https = page.https.listen if page.https is not None else None
+            if https is not None and not any(ep.port == 443 and ep.host in (sinkhole, "0.0.0.0") for ep in https):
+                log.warning(
+                    "blockpage: blocked names resolve to %s but the HTTPS block page does not listen on %s:443; "
+                    "add it to blockpage.https.listen",
+                    sinkhole,
+                    sinkhole,
+                )
 
     async def stop(self) -> None:
         if self.refresher is not None:

@@ -250,3 +250,23 @@ async def test_one_client_cannot_hold_every_handshake(tmp_path: Path) -> None:
         await listener.close()
         await runner.cleanup()
         certificates.close()
+
+
+@pytest.mark.parametrize(("https_listen", "warned"), [("192.168.1.2:8443", True), ("192.168.1.2", False)])
+def test_a_warning_when_the_https_page_is_not_on_the_sinkholes_port_443(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, https_listen: str, warned: bool
+) -> None:
+    path = tmp_path / "lan.yaml"
+    path.write_text(f"""
+dns:
+  listen: ["192.168.1.2:53"]
+blocking:
+  sinkhole: {{ipv4: 192.168.1.2}}
+blockpage:
+  listen: ["192.168.1.2:80"]
+  https: {{mode: local-ca, listen: ["{https_listen}"]}}
+""")
+    App(load_config(path))._warn_about_sinkhole()  # what start() says once it listens
+    expected = "the HTTPS block page does not listen on 192.168.1.2:443; add it to blockpage.https.listen"
+    assert (expected in caplog.text) is warned
+    assert "does not listen on 192.168.1.2:80" not in caplog.text
