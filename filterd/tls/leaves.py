@@ -11,8 +11,10 @@ listener asks during each handshake: `server_context(client_ip)` is a TLS contex
   most `cache_size` names, so it costs a bounded amount of memory.
 
 Minting (one signature with the CA's key, the leaf key is shared by every leaf of a process and never written
-anywhere but a private 0700 temporary folder) takes about a millisecond, so it runs in the SNI callback on the
-event loop: OpenSSL calls it synchronously inside the handshake. The rate limits bound what it can cost.
+anywhere but a private 0700 temporary folder) and loading it into a TLS context take about 1.5 ms, so they run
+in the SNI callback on the event loop. OpenSSL calls it synchronously inside the handshake: a worker thread
+would need the name read from the ClientHello before the handshake starts, which 1.5 ms does not justify. The
+rate limits bound what it can cost: at most 50 new leaves a second, under 10% of one core.
 """
 
 from __future__ import annotations
