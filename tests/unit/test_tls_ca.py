@@ -105,3 +105,15 @@ def test_a_switch_date_in_the_past_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ca.CaError, match="not in the future"):
         ca.rotate(folder, None, NOW - dt.timedelta(days=1), NOW)
     assert not (folder / "next.pem").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user (`sudo filterd ca init`)")
+def test_run_as_root_the_ca_belongs_to_the_state_dirs_owner(tmp_path: Path) -> None:
+    """`sudo filterd ca init`: the service user (who owns state_dir) must read the key; root keeps nothing."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4242, 4343)
+    ca.init(state / "ca", "Test CA", NOW)
+    ca.rotate(state / "ca", None, NOW + dt.timedelta(days=30), NOW)
+    for path in [state / "ca", *(state / "ca").iterdir()]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4343), path
