@@ -399,7 +399,8 @@ def cmd_ca_rotate(args: argparse.Namespace) -> int:
     switch = now + datetime.timedelta(days=tls_ca.ROTATE_DAYS)
     if args.until:
         try:
-            switch = datetime.datetime.fromisoformat(args.until).replace(tzinfo=datetime.UTC)
+            switch = datetime.datetime.fromisoformat(args.until)
+            switch = switch.replace(tzinfo=datetime.UTC) if switch.tzinfo is None else switch.astimezone(datetime.UTC)
         except ValueError:
             print(f"filterd ca rotate: --until {args.until!r} is not a date like 2027-01-31", file=sys.stderr)
             return 2

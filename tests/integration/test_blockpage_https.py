@@ -182,6 +182,10 @@ def test_the_ca_key_is_private_and_never_overwritten(tmp_path: Path, state_dir: 
 
 
 def test_a_rotation_is_picked_up_by_a_reload(server: RunningFilterd, state_dir: Path, tmp_path: Path) -> None:
+    bad = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "next week")
+    assert bad.returncode == 2 and b"--until 'next week' is not a date like 2027-01-31" in bad.stderr
+    past = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "2020-01-01")
+    assert past.returncode == 1 and b"the switch date 2020-01-01 is not in the future" in past.stderr
     done = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "2099-01-01")
     assert done.returncode == 0, done.stderr.decode()
     assert b"it signs from 2099-01-01 00:00 UTC" in done.stdout
