@@ -34,13 +34,20 @@ from filterd.blocklists.sources import UpstreamDnsResolver
 from filterd.blocklists.state import StateDir
 from filterd.config.load import EMBEDDED_NAME, load_config, load_embedded
 from filterd.config.resolvconf import default_upstreams
-from filterd.config.schema import BlockpageTexts, Config, Endpoint, SafeSearchConfig
+from filterd.config.schema import (
+    BlockpageConfig,
+    BlockpageHttpsConfig,
+    BlockpageTexts,
+    Config,
+    Endpoint,
+    SafeSearchConfig,
+)
 from filterd.errors import ConfigError, FilterdError
 from filterd.explain import CheckError, explain
 from filterd.groups.clock import ScheduleClock
 from filterd.groups.model import Directory, Group, build_groups, find_group
 from filterd.groups.sources import DirectoryRefresher, build_directory
-from filterd.logs import ClientEvents
+from filterd.logs import ClientEvents, printable
 from filterd.metrics import Metrics
 from filterd.pipeline.access import AccessStage
 from filterd.pipeline.base import Pipeline
@@ -66,12 +73,15 @@ from filterd.querylog.suggest import suggest as suggest_names
 from filterd.safeguarding.engine import Alert, AlertEngine
 from filterd.safeguarding.notify import Notifier, compose
 from filterd.sinkhole import BlockedReplies
+from filterd.tls import ca as tls_ca
+from filterd.tls.leaves import Certificates
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
 from filterd.transport.udp import UdpServer
 from filterd.transport.udp_wildcard import WildcardUdpServer
 from filterd.web.admin import AdminRequestError, admin_app
 from filterd.web.blockpage import blockpage_app
+from filterd.web.https import HttpsListener
 from filterd.web.metrics import metrics_app
 from filterd.web.runner import HttpRunner
 
@@ -120,6 +130,7 @@ class Listening:
     dns: list[Endpoint] = field(default_factory=list)
     metrics: Endpoint | None = None
     blockpage: list[Endpoint] = field(default_factory=list)
+    blockpage_https: list[Endpoint] = field(default_factory=list)
     admin: Endpoint | None = None
 
 
@@ -173,6 +184,9 @@ class App:
         self.querylog: QueryLog | None = None
         self.alert_engine: AlertEngine | None = None
         self.notifier: Notifier | None = None
+        #: The HTTPS block page's certificates and listeners (`blockpage.https`).
+        self.certificates: Certificates | None = None
+        self._https: list[HttpsListener] = []
 
     def build_pipeline(
         self,
@@ -278,6 +292,8 @@ class App:
                 for endpoint in self.config.blockpage.listen:
                     app = blockpage_app(self.config.blockpage, self.decide, self.metrics, allowed=self.client_allowed)
                     self.listening.blockpage.append(await self._listen_http(endpoint, app, "blockpage"))
+                if self.config.blockpage.https is not None:
+                    await self._listen_https(self.config.blockpage, self.config.blockpage.https)
             if self.config.admin is not None:
                 token = ensure_token(self.config.admin.token_file)
                 self.listening.admin = await self._listen_http(
@@ -369,6 +385,7 @@ class App:
             done = await self._rebuild(config, upstreams, lists, lists_changed)
         self._export_list_files(lists)
         self._count_reload(ok=True)
+        await self._reload_ca()
         seconds = time.monotonic() - started
         log.info("reload: done in %.2fs; %s", seconds, done)
         return {"ok": True, "seconds": round(seconds, 3), "lists": lists.entries, "problems": lists.problems}
@@ -829,6 +846,53 @@ class App:
         _warn_if_not_local(what, endpoint.host)
         return bound
 
+    async def _listen_https(self, page: BlockpageConfig, https: BlockpageHttpsConfig) -> None:
+        """The block page over HTTPS: a certificate per blocked name (for this client, who must be served at all),
+        signed by the local CA in `<state_dir>/ca/`; without that CA, filterd does not start (`filterd ca init`)."""
+        try:
+            authority = await asyncio.to_thread(tls_ca.load, tls_ca.ca_dir(self.config.state_dir))
+        except tls_ca.CaError as exc:
+            raise StartupError(f"blockpage.https: {exc}") from None
+        counter = self.metrics.blockpage_certificates
+
+        def blocked(name: str, client_ip: str | None) -> bool:
+            allowed = client_ip is not None and self.client_allowed(client_ip)
+            return allowed and self.decide(name, client_ip) is not None
+
+        def minting_failed(name: str, exc: Exception) -> None:
+            log.error("blockpage https: cannot make a certificate for %s: %s", printable(name), exc)
+
+        self.certificates = Certificates(
+            authority, blocked, lambda result: counter.labels(result=result).inc(), on_error=minting_failed
+        )
+        for endpoint in https.listen:
+            app = blockpage_app(page, self.decide, self.metrics, allowed=self.client_allowed)
+            runner = HttpRunner(app, "blockpage", self.client_events)
+            await runner.setup()
+            self._runners.append(runner)
+            try:
+                sock = bind_socket(endpoint.host, endpoint.port, socket.SOCK_STREAM)
+            except OSError as exc:
+                raise StartupError(_bind_error("blockpage.https", endpoint, exc)) from None
+            listener = HttpsListener(runner, sock, self.certificates)
+            await listener.start()
+            self._https.append(listener)
+            bound = Endpoint(endpoint.host, sock.getsockname()[1])
+            self.listening.blockpage_https.append(bound)
+            log.info("blockpage: listening on https://%s/ (local CA %s)", bound, authority.current.fingerprint)
+            _warn_if_not_local("blockpage", endpoint.host)
+
+    async def _reload_ca(self) -> None:
+        """A reload re-reads the local CA: `filterd ca rotate` takes effect without a restart."""
+        if self.certificates is None:
+            return
+        try:
+            authority = await asyncio.to_thread(tls_ca.load, tls_ca.ca_dir(self.config.state_dir))
+        except tls_ca.CaError as exc:
+            log.error("reload: blockpage.https: %s; the CA in use stays", exc)
+            return
+        self.certificates.authority = authority
+
     def _warn_about_sinkhole(self) -> None:
         cfg = self.config
         lan = [ep for ep in cfg.dns.listen if not _is_loopback(ep.host)]
@@ -848,6 +912,14 @@ class App:
                 log.warning(
                     "blockpage: blocked names resolve to %s but the block page does not listen on %s:80, "
                     "where browsers look for it; add it to blockpage.listen",
+                    sinkhole,
+                    sinkhole,
+                )
+            https = page.https.listen if page.https is not None else None
+            if https is not None and not any(ep.port == 443 and ep.host in (sinkhole, "0.0.0.0") for ep in https):
+                log.warning(
+                    "blockpage: blocked names resolve to %s but the HTTPS block page does not listen on %s:443; "
+                    "add it to blockpage.https.listen",
                     sinkhole,
                     sinkhole,
                 )
@@ -872,6 +944,12 @@ class App:
         self._wildcard_udp.clear()
         for server in self._servers:
             server.close()
+        for listener in self._https:
+            await listener.close()
+        self._https.clear()
+        if self.certificates is not None:
+            self.certificates.close()
+            self.certificates = None
         for runner in self._runners:
             await runner.cleanup()
         logging.getLogger("asyncio").removeFilter(self._asyncio_filter)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import gc
 import json
 import logging
@@ -24,6 +25,7 @@ from filterd.app import App, offline_check
 from filterd.config.load import load_config, load_embedded
 from filterd.config.schema import Config
 from filterd.errors import ConfigError, FilterdError
+from filterd.tls import ca as tls_ca
 
 log = logging.getLogger("filterd")
 
@@ -109,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
         "suggest", parents=[common], help="forwarded names that look like chat-roulette sites, to review"
     )
     suggest.add_argument("--since", metavar="DURATION", default="7d", help="the period (default: %(default)s)")
+
+    ca = sub.add_parser("ca", parents=[common], help="the local CA for the block page over HTTPS (blockpage.https)")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    ca_init = ca_sub.add_parser("init", parents=[common], help="create the CA in state_dir/ca (never overwrites)")
+    ca_init.add_argument("--name", help="the name devices show for it (default: filterd block page CA (HOST))")
+    ca_export = ca_sub.add_parser("export", parents=[common], help="print the CA certificate to install on devices")
+    ca_export.add_argument("--der", action="store_true", help="binary DER instead of PEM (Windows, some MDMs)")
+    ca_rotate = ca_sub.add_parser(
+        "rotate", parents=[common], help="make a new CA; the old one signs until --until, while devices get the new one"
+    )
+    ca_rotate.add_argument("--until", metavar="YYYY-MM-DD", help="when the new CA takes over (default: in 30 days)")
+    ca_rotate.add_argument("--name", help="the new CA's name (default: the old one's)")
     return parser
 
 
@@ -358,6 +372,47 @@ def cmd_lists_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ca_folder(args: argparse.Namespace) -> Path:
+    return tls_ca.ca_dir(load(args.config).state_dir)
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    folder = _ca_folder(args)
+    ca = tls_ca.init(folder, args.name or tls_ca.default_name(), datetime.datetime.now(datetime.UTC))
+    print(f"created the local CA in {folder} (key: ca.key, mode 0600)")
+    print(f"  SHA-256 fingerprint: {ca.fingerprint}")
+    print("install it on managed devices (`filterd ca export`, deploy/README.md), then set blockpage.https")
+    return 0
+
+
+def cmd_ca_export(args: argparse.Namespace) -> int:
+    ca = tls_ca.load(_ca_folder(args)).newest
+    if args.der:
+        sys.stdout.buffer.write(ca.der)
+    else:
+        sys.stdout.write(ca.pem.decode("ascii"))
+    return 0
+
+
+def cmd_ca_rotate(args: argparse.Namespace) -> int:
+    now = datetime.datetime.now(datetime.UTC)
+    switch = now + datetime.timedelta(days=tls_ca.ROTATE_DAYS)
+    if args.until:
+        try:
+            switch = datetime.datetime.fromisoformat(args.until)
+            switch = switch.replace(tzinfo=datetime.UTC) if switch.tzinfo is None else switch.astimezone(datetime.UTC)
+        except ValueError:
+            print(f"filterd ca rotate: --until {args.until!r} is not a date like 2027-01-31", file=sys.stderr)
+            return 2
+    folder = _ca_folder(args)
+    authority = tls_ca.rotate(folder, args.name, switch, now)
+    assert authority.next is not None
+    print(f"made a new CA in {folder}: it signs from {switch:%Y-%m-%d %H:%M} UTC; until then the old one does")
+    print(f"  new SHA-256 fingerprint: {authority.next.fingerprint}")
+    print("install it on every device before that date (`filterd ca export`); `filterd reload` picks it up")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.verbose)
@@ -374,8 +429,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("log", None): cmd_log,
         ("report", None): cmd_report,
         ("lists", "suggest"): cmd_lists_suggest,
+        ("ca", "init"): cmd_ca_init,
+        ("ca", "export"): cmd_ca_export,
+        ("ca", "rotate"): cmd_ca_rotate,
     }
-    action = getattr(args, "config_command", None) or getattr(args, "lists_command", None)
+    actions = ("config_command", "lists_command", "ca_command")
+    action = next((getattr(args, name) for name in actions if getattr(args, name, None)), None)
     command = commands[(args.command, action)]
     with contextlib.suppress(KeyboardInterrupt):
         try:

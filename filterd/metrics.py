@@ -236,8 +236,16 @@ class Metrics:
             self.reloads.labels(result=result)
         self.blockpage_views = Counter(
             "filterd_blockpage_views",
-            "Block pages shown, by the blocked name's category (a described id, other, or none); never the name.",
-            ["category"],
+            "Block pages shown, by the blocked name's category (a described id, other, or none) and `scheme` (http or "
+            "https); never the name.",
+            ["category", "scheme"],
+            registry=registry,
+        )
+        self.blockpage_certificates = Counter(
+            "filterd_blockpage_certificates",
+            "TLS handshakes on the HTTPS block page, by `result`: minted or cached (a certificate for a blocked name), "
+            "not_blocked or no_sni (a TLS alert, no certificate), ratelimited (a new certificate refused), error.",
+            ["result"],
             registry=registry,
         )
         self.client_events = Counter(

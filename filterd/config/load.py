@@ -30,6 +30,7 @@ from filterd.config.schema import (
     BlockingConfig,
     BlockingMode,
     BlockpageConfig,
+    BlockpageHttpsConfig,
     BlockpageTexts,
     CacheConfig,
     Config,
@@ -715,16 +716,44 @@ def _blockpage(node: _Node, p: _Problems) -> BlockpageConfig | None:
     contact = _string(keys["contact"], "blockpage.contact", p) if "contact" in keys else None
     unblock_url = _url(keys["unblock_url"], "blockpage.unblock_url", p) if "unblock_url" in keys else None
     texts = _blockpage_texts(keys["texts"], p) if "texts" in keys else BlockpageTexts()
-    if "https" in keys and _boolean(keys["https"], "blockpage.https", p):
-        p.add(
-            keys["https"].line,
-            "blockpage.https",
-            "HTTPS for the block page is not supported yet (browsers would show a certificate warning unless "
-            "your devices trust a local CA): leave it out or set false; blocked https:// visits then fail fast",
-        )
+    https = _blockpage_https(keys["https"], p) if "https" in keys else None
     if len(p.items) > before or not listen or texts is None:
         return None
-    return BlockpageConfig(listen=listen, contact=contact, unblock_url=unblock_url, texts=texts)
+    return BlockpageConfig(listen=listen, contact=contact, unblock_url=unblock_url, texts=texts, https=https)
+
+
+#: The `blockpage.https` modes (only one so far).
+BLOCKPAGE_HTTPS_MODES = ("local-ca",)
+
+
+def _blockpage_https(node: _Node, p: _Problems) -> BlockpageHttpsConfig | None:
+    """`false` (the default: nothing on 443) or `{mode: local-ca, listen: [...]}`."""
+    key = "blockpage.https"
+    if node.value is False:
+        return None
+    if not isinstance(node.value, dict):
+        p.add(
+            node.line,
+            key,
+            f"must be false or a mapping like {{mode: local-ca, listen: [192.168.1.2:443]}}, not {node.value!r}",
+        )
+        return None
+    keys = _mapping(node, key, {"mode", "listen"}, p)
+    if keys is None:
+        return None
+    for required, example in (("mode", "local-ca"), ("listen", "[192.168.1.2:443]")):
+        if required not in keys:
+            p.add(node.line, f"{key}.{required}", f"is required (e.g. {example})")
+    if "mode" in keys and keys["mode"].value not in BLOCKPAGE_HTTPS_MODES:
+        p.add(keys["mode"].line, f"{key}.mode", f"{keys['mode'].value!r} is not one of: local-ca")
+    listen = None
+    if "listen" in keys:
+        listen = _items(keys["listen"], f"{key}.listen", p, lambda n, k: _endpoint(n, k, p, 443))
+        if listen is not None and not listen:
+            p.add(keys["listen"].line, f"{key}.listen", "must list at least one address")
+    if not listen or "mode" not in keys or keys["mode"].value not in BLOCKPAGE_HTTPS_MODES:
+        return None
+    return BlockpageHttpsConfig(listen=listen, mode=str(keys["mode"].value))
 
 
 def _url(node: _Node, key: str, p: _Problems) -> str | None:

@@ -283,6 +283,16 @@ class BlockpageTexts:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockpageHttpsConfig:
+    """`blockpage.https`: the page over HTTPS too, for managed devices that trust filterd's local CA."""
+
+    #: Where the HTTPS page listens (port default 443): in production, the sinkhole address on port 443.
+    listen: tuple[Endpoint, ...]
+    #: Only `local-ca`: each blocked name gets a short-lived certificate signed by the CA in `<state_dir>/ca/`.
+    mode: str = "local-ca"
+
+
+@dataclass(frozen=True, slots=True)
 class BlockpageConfig:
     """The sinkhole's web server: explains a block to whoever's browser was sent there."""
 
@@ -293,8 +303,8 @@ class BlockpageConfig:
     #: Where to ask for an unblock (http(s), mailto: or tel:); None: no link.
     unblock_url: str | None = None
     texts: BlockpageTexts = field(default_factory=BlockpageTexts)
-    #: Reserved for a managed-device option (a local CA); only false for now.
-    https: bool = False
+    #: The page over HTTPS with a local CA; None (the default): nothing listens on 443.
+    https: BlockpageHttpsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,7 +206,7 @@ def blockpage_app(
         if request.body_exists:
             response.force_close()  # the body is never read: close rather than drain it
         if request.method != "HEAD" and request.headers.get("Sec-Fetch-Dest", "document") in _VIEW_DESTINATIONS:
-            views.labels(category=label).inc()
+            views.labels(category=label, scheme="https" if request.secure else "http").inc()
         return response
 
     app = web.Application(middlewares=[answer], client_max_size=limits.body)

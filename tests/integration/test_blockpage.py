@@ -195,7 +195,7 @@ def test_views_are_counted_by_category_never_by_name(server: RunningFilterd) -> 
     assert server.metric("filterd_blockpage_views_total", category="chat-roulette-video") == 2
     text = server.metrics_text()
     assert "omegle" not in text
-    assert 'filterd_blockpage_views_total{category="chat-roulette-video"} 2.0' in text
+    assert 'filterd_blockpage_views_total{category="chat-roulette-video",scheme="http"} 2.0' in text
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(server: RunningFilterd) -> None:

@@ -24,6 +24,15 @@ def test_absent_or_empty_section_is_off() -> None:
     assert parse_config(DNS + "blockpage:\n", "f").blockpage is None
 
 
+def test_https_is_off_by_default_and_local_ca_listens_on_443() -> None:
+    assert parse_config(DNS + "blockpage:\n  listen: [127.0.0.1]\n  https: false\n", "f").blockpage.https is None  # type: ignore[union-attr]
+    text = "blockpage:\n  listen: [192.168.1.2]\n  https: {mode: local-ca, listen: [192.168.1.2, '[fd00::2]:8443']}\n"
+    page = parse_config(DNS + text, "f").blockpage
+    assert page is not None and page.https is not None
+    assert page.https.mode == "local-ca"
+    assert page.https.listen == (Endpoint("192.168.1.2", 443), Endpoint("fd00::2", 8443))
+
+
 def test_embedded_default_serves_it_on_loopback_8080() -> None:
     cfg = load_embedded()
     assert cfg.blockpage is not None and cfg.blockpage.listen == (Endpoint("127.0.0.1", 8080),)
@@ -34,7 +43,7 @@ def test_defaults_and_port_80() -> None:
     page = cfg.blockpage
     assert page is not None
     assert page.listen == (Endpoint("192.168.1.2", 80), Endpoint("fd00::2", 80), Endpoint("10.0.0.1", 8080))
-    assert page.contact is None and page.unblock_url is None and page.https is False
+    assert page.contact is None and page.unblock_url is None and page.https is None
     assert page.texts == BlockpageTexts()
 
 
@@ -86,9 +95,33 @@ def test_everything_set() -> None:
         ("blockpage:\n  listen: [127.0.0.1]\n  contact: ''\n", "f.yaml:5: blockpage.contact: must be a non-empty"),
         (
             "blockpage:\n  listen: [127.0.0.1]\n  https: true\n",
-            "f.yaml:5: blockpage.https: HTTPS for the block page is not supported yet",
+            "f.yaml:5: blockpage.https: must be false or a mapping like {mode: local-ca, listen: [192.168.1.2:443]}",
         ),
-        ("blockpage:\n  listen: [127.0.0.1]\n  https: maybe\n", "f.yaml:5: blockpage.https: must be true or false"),
+        ("blockpage:\n  listen: [127.0.0.1]\n  https: maybe\n", "f.yaml:5: blockpage.https: must be false or a"),
+        (
+            "blockpage:\n  listen: [127.0.0.1]\n  https:\n    listen: [127.0.0.1]\n",
+            "f.yaml:6: blockpage.https.mode: is required (e.g. local-ca)",
+        ),
+        (
+            "blockpage:\n  listen: [127.0.0.1]\n  https: {mode: local-ca}\n",
+            "f.yaml:5: blockpage.https.listen: is required (e.g. [192.168.1.2:443])",
+        ),
+        (
+            "blockpage:\n  listen: [127.0.0.1]\n  https:\n    mode: self-signed\n    listen: [127.0.0.1]\n",
+            "f.yaml:6: blockpage.https.mode: 'self-signed' is not one of: local-ca",
+        ),
+        (
+            "blockpage:\n  listen: [127.0.0.1]\n  https:\n    mode: local-ca\n    listen: []\n",
+            "f.yaml:7: blockpage.https.listen: must list at least one address",
+        ),
+        (
+            "blockpage:\n  listen: [127.0.0.1]\n  https:\n    mode: local-ca\n    listen: [school.example:443]\n",
+            "f.yaml:7: blockpage.https.listen[0]: 'school.example' is not an IP",
+        ),
+        (
+            "blockpage:\n  listen: [127.0.0.1]\n  https:\n    mode: local-ca\n    listen: [127.0.0.1]\n    ca: x\n",
+            "f.yaml:8: blockpage.https.ca: unknown key (expected one of: listen, mode)",
+        ),
         (
             "blockpage:\n  listen: [127.0.0.1]\n  unblock_url: javascript:alert(1)\n",
             "f.yaml:5: blockpage.unblock_url: 'javascript:alert(1)' is not an http(s), mailto: or tel: URL",

@@ -116,3 +116,10 @@ def test_school_staff_students_guests(school: Config) -> None:
     assert "forcesafesearch.google.com" in str(check(school, "www.google.com", guest, TUESDAY_LESSONS)["reason"])
     result = check(school, "dc1.school.internal", student, TUESDAY_LESSONS)
     assert result["decision"] in ("allowed", "forwarded")  # the AD zone: never blocked, forwarded to the DCs
+
+
+def test_school_shows_the_block_page_over_https_with_its_local_ca(school: Config, home: Config) -> None:
+    assert school.blockpage is not None and school.blockpage.https is not None
+    assert school.blockpage.https.mode == "local-ca"
+    assert [str(ep) for ep in school.blockpage.https.listen] == ["10.10.0.53:443"]
+    assert home.blockpage is None or home.blockpage.https is None  # a home's own phones would only see a warning

@@ -1,0 +1,220 @@
+"""A certificate for each blocked name a browser asks the block page for (TLS SNI), signed by the local CA.
+
+`mint_leaf` is pure (the CA, the name and the time are arguments). `Certificates` is the shell the HTTPS
+listener asks during each handshake: `server_context(client_ip)` is a TLS context whose SNI callback
+
+- refuses (a TLS alert, never a certificate) a handshake without a name, and a name that filterd would not
+  block for that client (`blocked(name, client_ip)`: the policy's own decision, the client's group included);
+- serves a cached leaf while it has more than `renew_before` left and was signed by the CA that signs now;
+- else mints one (EC P-256, SAN = the name only, valid `lifetime`), within a token bucket per client address
+  and one for everybody, so a flood of random names costs a bounded amount of CPU; the cache is an LRU of at
+  most `cache_size` names, so it costs a bounded amount of memory.
+
+Minting (one signature with the CA's key, the leaf key is shared by every leaf of a process and never written
+anywhere but a private 0700 temporary folder) and loading it into a TLS context take about 1.5 ms, so they run
+in the SNI callback on the event loop. OpenSSL calls it synchronously inside the handshake: a worker thread
+would need the name read from the ClientHello before the handshake starts, which 1.5 ms does not justify. The
+rate limits bound what it can cost: at most 50 new leaves a second, under 10% of one core.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import ipaddress
+import os
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from filterd.blocklists.parse import normalize_name
+from filterd.pipeline.ratelimit import TokenBuckets
+from filterd.tls.ca import BACKDATE, Authority, LocalCa, key_pem
+
+#: The `result` label of filterd_blockpage_certificates_total.
+MINTED = "minted"  # a new leaf (first use of the name, or a renewal)
+CACHED = "cached"  # a leaf from the cache
+NOT_BLOCKED = "not_blocked"  # the name is not blocked for this client (or is no host name): a TLS alert
+NO_SNI = "no_sni"  # the client named no host (an IP address typed in): a TLS alert
+RATELIMITED = "ratelimited"  # a new leaf was needed but the client (or everybody) is over the rate: a TLS alert
+ERROR = "error"  # minting failed: a TLS alert, and the error is logged
+RESULTS = (MINTED, CACHED, NOT_BLOCKED, NO_SNI, RATELIMITED, ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class LeafLimits:
+    """How long leaves live, how many are kept, and how fast they may be made."""
+
+    #: A leaf's validity: short, so a leaked or stale one is soon worthless.
+    lifetime: dt.timedelta = dt.timedelta(days=7)
+    #: A cached leaf with less than this left is minted again.
+    renew_before: dt.timedelta = dt.timedelta(days=2)
+    #: Names whose leaf (and TLS context) are kept in memory; the least recently used go first.
+    cache_size: int = 1024
+    #: New leaves a second per client address, and at most `client_burst` at once (a page's blocked names).
+    client_rate: float = 2.0
+    client_burst: float = 30.0
+    #: New leaves a second for all clients together.
+    total_rate: float = 50.0
+    total_burst: float = 200.0
+
+
+def mint_leaf(
+    ca: LocalCa, key: ec.EllipticCurvePrivateKey, name: str, now: dt.datetime, lifetime: dt.timedelta
+) -> x509.Certificate:
+    """A server certificate for `name` alone, signed by `ca`, valid from a little before `now` for `lifetime`
+    (never past the CA's own end)."""
+    public = key.public_key()
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "filterd block page")]
+    if len(name) <= 64:  # X.509's upper bound for a common name; browsers read only the SAN anyway
+        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, name))
+    ca_public = ca.cert.public_key()
+    assert isinstance(ca_public, ec.EllipticCurvePublicKey)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca.cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(min(now + lifetime, ca.cert.not_valid_after_utc))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    cert: x509.Certificate
+    context: ssl.SSLContext
+    #: The serial of the CA that signed it: after a rotation's switch date, leaves of the old CA are minted again.
+    issuer: int
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class Certificates:
+    """The leaves of one running block page: see the module's docstring."""
+
+    def __init__(
+        self,
+        authority: Authority,
+        blocked: Callable[[str, str | None], bool],
+        count: Callable[[str], None],
+        *,
+        limits: LeafLimits | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_error: Callable[[str, Exception], None] | None = None,
+    ) -> None:
+        self.authority = authority
+        self.blocked = blocked
+        self.count = count
+        self.limits = limits or LeafLimits()
+        self.clock = clock
+        self.on_error = on_error
+        self.cache: collections.OrderedDict[str, _Leaf] = collections.OrderedDict()
+        self.per_client = TokenBuckets(self.limits.client_rate, self.limits.client_burst, monotonic, limit=4096)
+        self.total = TokenBuckets(self.limits.total_rate, self.limits.total_burst, monotonic, limit=1)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self._folder = tempfile.TemporaryDirectory(prefix="filterd-leaves-")  # 0700: only this user
+        self._key_path = Path(self._folder.name) / "leaf.key"
+        fd = os.open(self._key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_pem(self.key))
+
+    def close(self) -> None:
+        self._folder.cleanup()
+
+    def server_context(self, client_ip: str | None) -> ssl.SSLContext:
+        """The TLS context for one connection from `client_ip`: it holds no certificate of its own, and its SNI
+        callback switches to the leaf for the name asked (or ends the handshake with an alert)."""
+        context = _tls_context()
+
+        def on_sni(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: ssl.SSLContext) -> int | None:
+            leaf, result = self.leaf_for(name, client_ip)
+            self.count(result)
+            if leaf is None:
+                failed = result == ERROR
+                return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR if failed else ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            sock.context = leaf
+            return None
+
+        context.sni_callback = on_sni
+        return context
+
+    def leaf_for(self, server_name: str | None, client_ip: str | None) -> tuple[ssl.SSLContext | None, str]:
+        """The context with the leaf for this SNI name and client, or None; and the metric's result."""
+        if server_name is None:
+            return None, NO_SNI
+        name = normalize_name(server_name)
+        if name is None or not self.blocked(name, client_ip):  # None: no host name (an IP address, garbage)
+            return None, NOT_BLOCKED
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        signer = self.authority.signer(now)
+        leaf = self.cache.get(name)
+        fresh = leaf is not None and leaf.cert.not_valid_after_utc - now > self.limits.renew_before
+        if leaf is not None and fresh and leaf.issuer == signer.cert.serial_number:
+            self.cache.move_to_end(name)
+            return leaf.context, CACHED
+        if not self._may_mint(client_ip):
+            return None, RATELIMITED
+        try:
+            leaf = self._mint(signer, name, now)
+        except (ValueError, OSError, ssl.SSLError) as exc:
+            if self.on_error is not None:
+                self.on_error(name, exc)
+            return None, ERROR
+        self.cache[name] = leaf
+        self.cache.move_to_end(name)
+        while len(self.cache) > self.limits.cache_size:
+            self.cache.popitem(last=False)
+        return leaf.context, MINTED
+
+    def _may_mint(self, client_ip: str | None) -> bool:
+        key = int(ipaddress.ip_address(client_ip)) if client_ip else 0
+        return self.per_client.take(key) is None and self.total.take(0) is None
+
+    def _mint(self, signer: LocalCa, name: str, now: dt.datetime) -> _Leaf:
+        cert = mint_leaf(signer, self.key, name, now, self.limits.lifetime)
+        context = _tls_context()
+        # ssl loads a certificate only from a file: written in the private folder, loaded, removed
+        fd, path = tempfile.mkstemp(dir=self._folder.name, suffix=".pem")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(cert.public_bytes(serialization.Encoding.PEM))
+            context.load_cert_chain(path, self._key_path)
+        finally:
+            os.unlink(path)
+        return _Leaf(cert, context, signer.cert.serial_number)
