@@ -72,6 +72,8 @@ from filterd.transport.udp import UdpServer
 from filterd.transport.udp_wildcard import WildcardUdpServer
 from filterd.web.admin import AdminRequestError, admin_app
 from filterd.web.blockpage import blockpage_app
+from filterd.web.console import Console
+from filterd.web.dashboard import devices_by_group
 from filterd.web.metrics import metrics_app
 from filterd.web.runner import HttpRunner
 
@@ -279,8 +281,11 @@ class App:
                     self.listening.blockpage.append(await self._listen_http(endpoint, app, "blockpage"))
             if self.config.admin is not None:
                 token = ensure_token(self.config.admin.token_file)
+                # The admin page shares the listener, the token and the backend with the API (filterd/web/console.py).
+                console = Console(self, token, self.client_events, session_ttl=self.config.admin.session_ttl,
+                                  clock=self.clock)  # fmt: skip
                 self.listening.admin = await self._listen_http(
-                    self.config.admin.listen, admin_app(self, token, self.client_events), "admin"
+                    self.config.admin.listen, admin_app(self, token, self.client_events, pages=console.routes), "admin"
                 )
         except BaseException:
             await self.stop()
@@ -743,6 +748,36 @@ class App:
             "blocked": sorted(local.blocked),
             "allowed": sorted(local.allowed),
         }
+
+    # --- the admin page's view of the running server (filterd/web/console.py) ----------------------------------
+
+    def upstreams_status(self) -> list[dict[str, Any]]:
+        states = self.resolver.health.states if self.resolver is not None else {}
+        return [
+            {"upstream": str(ep), "up": state.up, "latency_ms": round(state.latency * 1000, 1)}
+            for ep, state in states.items()
+        ]
+
+    def groups_status(self) -> list[dict[str, Any]]:
+        """Each group with its schedules (open now or not) and the devices seen in it; "" for no group."""
+        stage = self.client_stage
+        seen = stage.seen() if stage is not None else []
+        group_of = {ip: group.name for ip in seen if stage is not None and (group := stage.group_of(ip)) is not None}
+        devices = devices_by_group(seen, group_of, stage.directory.names if stage is not None else {})
+        out = [
+            {
+                "name": group.name,
+                "clients": list(group.config.clients),
+                "lists": sorted(group.lists) if group.lists is not None else None,
+                "schedules": [
+                    {"name": s.name, "open": s.name in group.active, "when": [w.text for w in s.when]}
+                    for s in group.schedules
+                ],
+                "devices": devices.get(group.name, []),
+            }
+            for group in self.groups
+        ]
+        return [*out, {"name": "", "clients": [], "lists": None, "schedules": [], "devices": devices.get("", [])}]
 
     async def _listen_dns(self, endpoint: Endpoint, handler: QueryHandler) -> None:
         loop = asyncio.get_running_loop()
