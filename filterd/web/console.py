@@ -160,10 +160,7 @@ class Console:
             if request.method == "POST":
                 form = await request.post()
                 given = form.get("csrf")
-                origin = request.headers.get("Origin")
-                if not session.csrf_ok(given if isinstance(given, str) else None) or (
-                    origin is not None and origin != f"{request.scheme}://{request.host}"
-                ):
+                if not session.csrf_ok(given if isinstance(given, str) else None) or _foreign(request):
                     self.events.note(
                         "admin_csrf",
                         "admin page: refused %s %s from %s: missing or wrong form token",
@@ -226,6 +223,8 @@ class Console:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         client = request.remote or ""
+        if _foreign(request):  # a form on another site cannot log this browser in (or guess tokens through it)
+            return self._render(request, "login.html", 403, error="This login did not come from this page.")
         wait = self.limiter.wait(client)
         if wait > 0:
             response = self._render(
@@ -457,6 +456,13 @@ class Console:
             if not results:
                 session.flash.append("no list to update")
         raise self._back(request, "/lists")
+
+
+def _foreign(request: web.Request) -> bool:
+    """A POST whose browser names another origin than this page's (no Origin header: not a browser's cross-site
+    form, which always sends one)."""
+    origin = request.headers.get("Origin")
+    return origin is not None and origin != f"{request.scheme}://{request.host}"
 
 
 def _is_address(text: str) -> bool:

@@ -198,6 +198,8 @@ def test_a_session_expires_after_session_ttl(start_filterd: Start, dnsmasq: Dnsm
 
 def test_wrong_tokens_are_limited_per_client(console: tuple[RunningFilterd, Page, str]) -> None:
     server, page, token = console
+    foreign = page.request("POST", "/login", {"token": token}, headers={"Origin": "http://evil.example"})
+    assert foreign.status == 403 and "filterd_session" not in page.cookies
     for _ in range(5):
         reply = page.login("not-the-token")
         assert reply.status == 401 and "not the admin token" in reply.body
