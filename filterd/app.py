@@ -696,7 +696,8 @@ class App:
                 results.append(asdict(result) | {"result": str(result.result)})
         return results
 
-    def check(self, name: str, client: str | None = None) -> dict[str, Any]:
+    def check(self, name: str, client: str | None = None, *, quote: bool = True) -> dict[str, Any]:
+        """`quote=False`: without reading the matching line from the list file (the admin page, per log row)."""
         assert self.policy is not None and self.local_stage is not None
         try:
             resolver = self.resolver
@@ -708,7 +709,7 @@ class App:
                 bypass=self.bypass,
                 safe_search=self.safe_search.rewrite_of if self.safe_search is not None else None,
                 upstreams_for=resolver.upstreams_for if resolver is not None else lambda _: self.upstreams,
-                list_files=self.list_files(),
+                list_files=self.list_files() if quote else {},
                 group=group,
                 client=client,
             )

@@ -17,6 +17,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -74,6 +75,8 @@ class ConsoleBackend(AdminBackend, Protocol):
     """What the page needs beyond the API: the query log itself, and the state of upstreams and groups."""
 
     querylog: QueryLog | None
+
+    def check(self, name: str, client: str | None = None, *, quote: bool = True) -> dict[str, Any]: ...
 
     def upstreams_status(self) -> list[dict[str, Any]]: ...
 
@@ -320,6 +323,7 @@ class Console:
             title="Query log",
             logging=self.backend.querylog is not None,
             rows=rows,
+            now=self._now(rows),
             wanted=wanted,
             since_choices=SINCE_CHOICES,
             decisions=DECISIONS,
@@ -338,7 +342,7 @@ class Console:
         try:
             # a reconnecting browser says where it was (the `id:` of the last row it got)
             after = request.headers.get("Last-Event-ID") or request.query.get("after") or now
-            last = min(max(float(after), now - 3600), now)
+            last = min(max(float(after), now - 3600), now) if math.isfinite(float(after)) else now
         except ValueError:
             last = now
         response = web.StreamResponse(headers=_PAGE_HEADERS | {"Content-Type": "text/event-stream"})
@@ -353,8 +357,9 @@ class Console:
             if rows:
                 last = rows[-1].time
                 seen = {_key(r) for r in rows if r.time == last} | (seen if rows[0].time == last else set())
+                current = self._now(rows)
                 for row in rows:
-                    html = row_template.render(row=row, csrf=session.csrf, back=back)
+                    html = row_template.render(row=row, csrf=session.csrf, back=back, now=current)
                     data = "".join(f"data: {line}\n" for line in html.splitlines() if line.strip())
                     await response.write(f"event: row\nid: {last!r}\n{data}\n".encode())
             elif tick % 15 == 0:
@@ -362,6 +367,21 @@ class Console:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), LIVE_INTERVAL)
         return response
+
+    def _now(self, rows: list[Record]) -> dict[tuple[str, str], dict[str, Any]]:
+        """What filterd does now with each row's name for its client (`filterd check`'s answer, without quoting the
+        list file), so a row blocked then allowed says so; a client logged as a keyed hash is asked without one."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            key = (row.name, row.client)
+            if key in out:
+                continue
+            client = row.client if _is_address(row.client) else None
+            try:
+                out[key] = self.backend.check(row.name, client, quote=False)
+            except AdminRequestError:
+                continue  # not a name `check` takes (the log keeps what was asked, e.g. with spaces)
+        return out
 
     async def check(self, request: web.Request) -> web.StreamResponse:
         name = request.query.get("name", "").strip()

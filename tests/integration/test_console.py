@@ -246,7 +246,12 @@ def test_a_blocked_attempt_is_on_the_log_and_allow_unblocks_it(console: tuple[Ru
     assert addresses(ask(server, "video.omegle.com")) == SINKHOLE
     reply = page.post("/allow", name="video.omegle.com", csrf=csrf, back=back)
     assert (reply.status, reply.location) == (303, back)
-    assert "video.omegle.com: allowed" in page.get(back).body  # the result, shown once
+    after = page.get(back).body
+    assert "video.omegle.com: allowed" in after  # the result, shown once
+    assert "video.omegle.com: allowed" not in page.get(back).body
+    # the logged row still says what happened then, and what filterd does now (`filterd check`'s words)
+    assert "blocked by chat-roulette" in after and "Now: allowed by the local entry video.omegle.com" in after
+    assert 'aria-label="Block video.omegle.com"' in after
     assert addresses(ask(server, "video.omegle.com")) == ["192.0.2.66"]  # forwarded now
     api = Page(page.port).request("GET", "/api/lists", headers={"Authorization": f"Bearer {token}"})
     assert '"video.omegle.com"' in api.body  # the same local entries the CLI shows
