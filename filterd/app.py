@@ -81,6 +81,8 @@ from filterd.transport.udp import UdpServer
 from filterd.transport.udp_wildcard import WildcardUdpServer
 from filterd.web.admin import AdminRequestError, admin_app
 from filterd.web.blockpage import blockpage_app
+from filterd.web.console import Console
+from filterd.web.dashboard import devices_by_group
 from filterd.web.https import HttpsListener
 from filterd.web.metrics import metrics_app
 from filterd.web.runner import HttpRunner
@@ -296,8 +298,11 @@ class App:
                     await self._listen_https(self.config.blockpage, self.config.blockpage.https)
             if self.config.admin is not None:
                 token = ensure_token(self.config.admin.token_file)
+                # The admin page shares the listener, the token and the backend with the API (filterd/web/console.py).
+                console = Console(self, token, self.client_events, session_ttl=self.config.admin.session_ttl,
+                                  clock=self.clock)  # fmt: skip
                 self.listening.admin = await self._listen_http(
-                    self.config.admin.listen, admin_app(self, token, self.client_events), "admin"
+                    self.config.admin.listen, admin_app(self, token, self.client_events, pages=console.routes), "admin"
                 )
         except BaseException:
             await self.stop()
@@ -721,7 +726,8 @@ class App:
                 results.append(asdict(result) | {"result": str(result.result)})
         return results
 
-    def check(self, name: str, client: str | None = None) -> dict[str, Any]:
+    def check(self, name: str, client: str | None = None, *, quote: bool = True) -> dict[str, Any]:
+        """`quote=False`: without reading the matching line from the list file (the admin page, per log row)."""
         assert self.policy is not None and self.local_stage is not None
         try:
             resolver = self.resolver
@@ -733,7 +739,7 @@ class App:
                 bypass=self.bypass,
                 safe_search=self.safe_search.rewrite_of if self.safe_search is not None else None,
                 upstreams_for=resolver.upstreams_for if resolver is not None else lambda _: self.upstreams,
-                list_files=self.list_files(),
+                list_files=self.list_files() if quote else {},
                 group=group,
                 client=client,
             )
@@ -773,6 +779,36 @@ class App:
             "blocked": sorted(local.blocked),
             "allowed": sorted(local.allowed),
         }
+
+    # --- the admin page's view of the running server (filterd/web/console.py) ----------------------------------
+
+    def upstreams_status(self) -> list[dict[str, Any]]:
+        states = self.resolver.health.states if self.resolver is not None else {}
+        return [
+            {"upstream": str(ep), "up": state.up, "latency_ms": round(state.latency * 1000, 1)}
+            for ep, state in states.items()
+        ]
+
+    def groups_status(self) -> list[dict[str, Any]]:
+        """Each group with its schedules (open now or not) and the devices seen in it; "" for no group."""
+        stage = self.client_stage
+        seen = stage.seen() if stage is not None else []
+        group_of = {ip: group.name for ip in seen if stage is not None and (group := stage.group_of(ip)) is not None}
+        devices = devices_by_group(seen, group_of, stage.directory.names if stage is not None else {})
+        out = [
+            {
+                "name": group.name,
+                "clients": list(group.config.clients),
+                "lists": sorted(group.lists) if group.lists is not None else None,
+                "schedules": [
+                    {"name": s.name, "open": s.name in group.active, "when": [w.text for w in s.when]}
+                    for s in group.schedules
+                ],
+                "devices": devices.get(group.name, []),
+            }
+            for group in self.groups
+        ]
+        return [*out, {"name": "", "clients": [], "lists": None, "schedules": [], "devices": devices.get("", [])}]
 
     async def _listen_dns(self, endpoint: Endpoint, handler: QueryHandler) -> None:
         loop = asyncio.get_running_loop()

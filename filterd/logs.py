@@ -34,6 +34,9 @@ CLIENT_EVENTS: dict[str, EventKind] = {
     "http_bad_request": EventKind("malformed HTTP requests (answered 400)", logging.INFO),
     "http_server_error": EventKind("HTTP requests that failed inside filterd (answered 500)", logging.ERROR),
     "admin_unauthorized": EventKind("admin API requests without the right token (answered 401)", logging.WARNING),
+    "admin_csrf": EventKind(
+        "admin page forms without their CSRF token or from another site (answered 403)", logging.WARNING
+    ),
     "write_after_close": EventKind("replies to connections the client had already closed or reset", logging.INFO),
 }
 

@@ -845,7 +845,7 @@ def _categories(node: _Node, key: str, p: _Problems) -> tuple[tuple[str, str], .
 
 
 def _admin(node: _Node, p: _Problems, base_dir: Path, state_dir: Path | None) -> AdminConfig | None:
-    keys = _mapping(node, "admin", {"listen", "token_file", "allow_remote"}, p)
+    keys = _mapping(node, "admin", {"listen", "token_file", "allow_remote", "session_ttl"}, p)
     if keys is None:
         return None
     if "listen" not in keys:
@@ -859,7 +859,10 @@ def _admin(node: _Node, p: _Problems, base_dir: Path, state_dir: Path | None) ->
         token_file = None if text is None else base_dir / Path(text).expanduser()
     elif state_dir is not None:
         token_file = state_dir / "admin.token"
-    if listen is None or allow_remote is None or token_file is None:
+    session_ttl = (
+        _duration(keys["session_ttl"], "admin.session_ttl", p, 60, 30 * 86400) if "session_ttl" in keys else 12 * 3600
+    )
+    if listen is None or allow_remote is None or token_file is None or session_ttl is None:
         return None
     if not ipaddress.ip_address(listen.host).is_loopback and not allow_remote:
         p.add(
@@ -869,7 +872,7 @@ def _admin(node: _Node, p: _Problems, base_dir: Path, state_dir: Path | None) ->
             "loopback unless you also set admin.allow_remote: true (and firewall it)",
         )
         return None
-    return AdminConfig(listen=listen, token_file=token_file, allow_remote=allow_remote)
+    return AdminConfig(listen=listen, token_file=token_file, allow_remote=allow_remote, session_ttl=session_ttl)
 
 
 _SAFE_SEARCH_KEYS = {f.name for f in dataclasses.fields(SafeSearchConfig)}

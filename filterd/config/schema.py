@@ -316,6 +316,8 @@ class AdminConfig:
     token_file: Path
     #: A non-loopback `listen` must be asked for explicitly.
     allow_remote: bool = False
+    #: How long an admin page login lasts (seconds); then the page asks for the token again.
+    session_ttl: int = 12 * 3600
 
 
 @dataclass(frozen=True, slots=True)

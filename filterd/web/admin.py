@@ -60,12 +60,21 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data, indent=2) + "\n", status=status, content_type="application/json")
 
 
-def admin_app(backend: AdminBackend, token: str, events: ClientEvents) -> web.Application:
-    """The API over `backend`; a request without `token` is a client event (`admin_unauthorized`)."""
+def admin_app(
+    backend: AdminBackend,
+    token: str,
+    events: ClientEvents,
+    *,
+    pages: Callable[[web.Application], None] | None = None,
+) -> web.Application:
+    """The API over `backend`; a request without `token` is a client event (`admin_unauthorized`). `pages` adds
+    the admin page's routes (filterd/web/console.py): every path outside /api is theirs, behind their own login."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if pages is not None and request.path != "/api" and not request.path.startswith("/api/"):
+            return await handler(request)
         # The header's own bytes (aiohttp decodes them as UTF-8 with surrogateescape): any byte compares, none raises.
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, expected):
@@ -184,4 +193,6 @@ def admin_app(backend: AdminBackend, token: str, events: ClientEvents) -> web.Ap
     app.router.add_post("/api/log/delete", querylog_delete)
     app.router.add_get("/api/report", report)
     app.router.add_get("/api/suggest", suggestions)
+    if pages is not None:
+        pages(app)
     return app

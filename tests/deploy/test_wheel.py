@@ -25,3 +25,7 @@ def test_wheel_holds_every_data_file(tmp_path: Path) -> None:
     shipped = {f"filterd/data/{path.name}" for path in (ROOT / "filterd" / "data").iterdir() if path.is_file()}
     assert "filterd/data/safesearch.tsv" in shipped
     assert shipped <= names, f"missing from the wheel: {sorted(shipped - names)}"
+    web = ROOT / "filterd" / "web"
+    pages = {f"filterd/web/{p.relative_to(web)}" for d in ("templates", "static") for p in (web / d).rglob("*.*")}
+    assert {"filterd/web/templates/console/overview.html", "filterd/web/static/console.js"} <= pages
+    assert pages <= names, f"the admin page's files missing from the wheel: {sorted(pages - names)}"
