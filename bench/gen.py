@@ -18,6 +18,8 @@ reused, so a second run does not regenerate it):
     q-c-tput-R.txt           c: the mix, 10% blocked / 85% the 1,000 cached names / 5% misses, one file per
     q-c-lat-R.txt               repetition R and per kind of run, each with its own unique miss names, so a miss
                                 is a miss in every run
+    q-d-tput-R.txt           d: 100% misses, every name unique (`TAG-HEX.miss.bench.test`): the forwarding path,
+    q-d-lat-R.txt               each answered by the upstream
 
 Only data: every address written is 0.0.0.0 or in 127.0.0.0/8.
 """
@@ -62,7 +64,7 @@ BODY = string.ascii_lowercase * 3 + string.digits
 ZONE = "bench.test"
 MISS_ZONE = "miss." + ZONE
 MISS_ADDR = "127.10.255.1"
-VERSION = 1  # bump when the generated data changes for the same parameters
+VERSION = 2  # bump when the generated data changes for the same parameters
 
 
 def _label(rng: random.Random, lo: int = 4, hi: int = 14) -> str:
@@ -126,6 +128,12 @@ def mix_lines(rng: random.Random, blocked: list[str], hot: list[str], count: int
             yield f"{tag}-{miss:x}.{MISS_ZONE} A"
 
 
+def miss_lines(count: int, tag: str) -> Iterator[str]:
+    """The d file: `count` unique misses named `TAG-HEX.miss.bench.test`."""
+    for miss in range(1, count + 1):
+        yield f"{tag}-{miss:x}.{MISS_ZONE} A"
+
+
 def generate(
     out: Path,
     *,
@@ -133,6 +141,7 @@ def generate(
     seed: int = 20261128,
     reps: int = 3,
     c_lines: int = 3_750_000,
+    d_lines: int = 600_000,
     lat_lines: int = 120_000,
     ab_lines: int = 200_000,
     allowed: int = 1000,
@@ -145,6 +154,7 @@ def generate(
         "seed": seed,
         "reps": reps,
         "c_lines": c_lines,
+        "d_lines": d_lines,
         "lat_lines": lat_lines,
         "ab_lines": ab_lines,
         "allowed": allowed,
@@ -193,6 +203,8 @@ def generate(
     for rep in range(1, reps + 1):
         _write(out / f"q-c-tput-{rep}.txt", mix_lines(rng, blocked, hot, c_lines, f"t{rep}"))
         _write(out / f"q-c-lat-{rep}.txt", mix_lines(rng, blocked, hot, lat_lines, f"l{rep}"))
+        _write(out / f"q-d-tput-{rep}.txt", miss_lines(d_lines, f"dt{rep}"))
+        _write(out / f"q-d-lat-{rep}.txt", miss_lines(lat_lines, f"dl{rep}"))
 
     manifest = {
         "params": params,

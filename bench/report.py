@@ -17,7 +17,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-FILES = {"a": "a: 100% blocked", "b": "b: 100% cache hits", "c": "c: mix 10% blocked / 85% hits / 5% misses"}
+FILES = {
+    "a": "a: 100% blocked",
+    "b": "b: 100% cache hits",
+    "c": "c: mix 10% blocked / 85% hits / 5% misses",
+    "d": "d: 100% misses (forwarded)",
+}
 ORDER = ("filterd", "dnsmasq", "unbound")
 #: The list store's targets (the issue): bytes a name above filterd with no list, load seconds, reload peak.
 TARGET_BYTES_PER_NAME = 24
@@ -88,7 +93,7 @@ def render(r: dict[str, Any]) -> str:
             flags.append(f"{where}: answers {', '.join(odd)} ({run.get('rcodes')})")
         if run["kind"] == "tput":
             qps[key].append(run["qps"])
-            if run["file"] == "c" and sent > run.get("lines", sent):
+            if run["file"] in ("c", "d") and sent > run.get("lines", sent):
                 flags.append(f"{where}: sent {int(sent):,} > {run['lines']:,} lines, so some misses were repeated")
         elif "p50_ms" in run:
             lat[key].append((run["p50_ms"], run["p99_ms"]))

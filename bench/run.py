@@ -53,7 +53,7 @@ import report  # noqa: E402
 HOST = "127.0.0.1"  # every packet of the benchmark goes to loopback
 FULL_DEBS = ("dnsperf", "dnsmasq-base", "nsd", "unbound")
 SMOKE_DEBS = ("dnsperf", "dnsmasq-base")
-FILES = ("a", "b", "c")
+FILES = ("a", "b", "c", "d")
 #: dnsperf for throughput: 8 client sockets, 100 queries outstanding, no rate cap. More outstanding queries
 #: than a server's socket buffer holds (about 190 with Linux's default 208 KiB) lose the first burst, and a
 #: lost query holds its slot until dnsperf's 5 s timeout: bench/README.md.
@@ -62,6 +62,8 @@ TPUT_ARGS = ("-c", "8", "-q", "100")
 LAT_RATE = 10_000
 #: The c files must not wrap around within a run (a repeated miss is a hit): lines >= this rate x seconds.
 C_MAX_QPS = 250_000
+#: Nor the d files (every query a miss): no server here forwards faster than this.
+D_MAX_QPS = 60_000
 
 
 class BenchError(Exception):
@@ -695,7 +697,7 @@ def warm(ctx: Ctx, proc: Proc) -> None:
 
 
 def qfile(ctx: Ctx, f: str, rep: int, kind: str) -> Path:
-    return ctx.data / (f"q-c-{kind}-{rep}.txt" if f == "c" else f"q-{f}.txt")
+    return ctx.data / (f"q-{f}-{kind}-{rep}.txt" if f in ("c", "d") else f"q-{f}.txt")
 
 
 def measure_queries(ctx: Ctx, running: dict[str, Proc]) -> None:
@@ -915,16 +917,19 @@ def main(argv: list[str] | None = None) -> int:
         results["versions"] = tool_versions(python)
         results["load_start"] = loadavg()
         c_lines = C_MAX_QPS * a.seconds
+        d_lines = int(D_MAX_QPS * a.seconds)
         lat_lines = int(a.lat_rate * a.lat_seconds * 1.2)
         manifest = gen.generate(
             a.work / "data",
             names=a.names,
             reps=a.reps,
             c_lines=c_lines,
+            d_lines=d_lines,
             lat_lines=lat_lines,
             ab_lines=200_000 if not a.smoke else 50_000,
         )
-        manifest["lines"] = {"a": manifest["params"]["ab_lines"], "b": manifest["params"]["ab_lines"], "c": c_lines}
+        ab_lines = manifest["params"]["ab_lines"]
+        manifest["lines"] = {"a": ab_lines, "b": ab_lines, "c": c_lines, "d": d_lines}
         results["data"] = {k: v for k, v in manifest.items() if k != "lines"}
         phase("data")
         ctx = Ctx(a, a.work, a.work / "data", manifest, python, filterd_cmd, results=results)

@@ -29,6 +29,9 @@ class BlockedReplies:
             self._v4, self._v6 = _NULL_V4, _NULL_V6
         else:
             self._v4, self._v6 = config.sinkhole.ipv4.packed, config.sinkhole.ipv6.packed
+        # the answers never change: made once (the hot path of a blocked A query is then one build_reply)
+        self._a = (wire.rr(wire.NAME_PTR, wire.T_A, self.ttl, self._v4),)
+        self._aaaa = (wire.rr(wire.NAME_PTR, wire.T_AAAA, self.ttl, self._v6),)
 
     def reply(self, q: wire.Question, entry: str, list_name: str) -> bytes:
         ede = (wire.EDE_BLOCKED, f"filterd: {list_name}")
@@ -36,10 +39,9 @@ class BlockedReplies:
             return wire.build_reply(q, wire.REFUSED, ede=ede)
         if self.mode is not BlockingMode.NXDOMAIN and q.qclass == wire.C_IN:
             if q.qtype == wire.T_A:
-                return wire.build_reply(q, answers=(wire.rr(wire.NAME_PTR, wire.T_A, self.ttl, self._v4),), ede=ede)
+                return wire.build_reply(q, answers=self._a, ede=ede)
             if q.qtype == wire.T_AAAA:
-                answer = wire.rr(wire.NAME_PTR, wire.T_AAAA, self.ttl, self._v6)
-                return wire.build_reply(q, answers=(answer,), ede=ede)
+                return wire.build_reply(q, answers=self._aaaa, ede=ede)
         rcode = wire.NXDOMAIN if self.mode is BlockingMode.NXDOMAIN else wire.NOERROR
         # The SOA's owner is the listed name: the query name itself is the question's own bytes (a pointer), any
         # other name (a parent of it, or a CNAME target's) is encoded from its text, escapes and all.

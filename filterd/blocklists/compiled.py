@@ -56,6 +56,9 @@ _YIELD_EVERY = 1023
 
 _blake2b = hashlib.blake2b
 _from_bytes = int.from_bytes
+#: At most this many parent names' hashes are remembered by a CompiledMatcher (about 100 bytes each).
+_PARENTS_MEMO = 8192
+_NONE: set[int] = set()  # (never changed: no list excepted)
 
 
 def name_hash(name: str) -> int:
@@ -397,6 +400,8 @@ class CompiledMatcher:
         self.rules: RuleSet | None = None if rules.empty else rules
         self._no_fallbacks = [""] * len(self._lists)
         self._index_memo: dict[frozenset[str], frozenset[int]] = {}
+        #: The hashes of parent names looked up lately (bounded): a blake2b costs 0.4 us, a dict lookup 0.03
+        self._parents: dict[str, int] = {}
 
     @property
     def fingerprint(self) -> str:
@@ -419,10 +424,19 @@ class CompiledMatcher:
         hashes = self._hashes
         slots = self.slots
         hits: list[tuple[str, bool, int]] | None = None
+        memo = self._parents
         name = qname
         exact = True
         while True:
-            h = _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
+            if exact:  # the query name itself: mostly new, not worth keeping
+                h = _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
+            else:  # a parent: the same few (com, net, a popular site) again and again
+                h = memo.get(name, 0)
+                if not h:
+                    h = _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
+                    if len(memo) >= _PARENTS_MEMO:
+                        memo.clear()
+                    memo[name] = h
             i = h % slots
             stored = hashes[i]
             while stored:
@@ -464,6 +478,13 @@ class CompiledMatcher:
     def _decide(
         self, hits: list[tuple[str, bool, int]], allowed: frozenset[int] | None = None
     ) -> tuple[Match | None, set[int]]:
+        if len(hits) == 1:  # the usual block: one listed name, no exception
+            name, exact, value = hits[0]
+            list_index = (value >> _KIND_BITS) & 0xFF
+            if not value & _EXCEPTION and (exact or value & _SUBTREE) and (allowed is None or list_index in allowed):
+                line = value >> _LINE_SHIFT
+                category = self._category(list_index, line)
+                return Match(self._lists[list_index], name, line, category, bool(value & _SUBTREE)), _NONE
         best: dict[int, tuple[str, int]] = {}  # list index -> (most specific matching name, value)
         excepted: set[int] = set()
         for name, exact, value in hits:

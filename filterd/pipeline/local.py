@@ -66,6 +66,7 @@ def _rfc6303_zones() -> list[str]:
 
 #: Zones answered NXDOMAIN here unless forwarded on purpose.
 NEVER_LEAKED = frozenset(["invalid", "local", "home.arpa", *_rfc6303_zones()])
+_NEVER_LEAKED_TLDS = frozenset(zone.rsplit(".", 1)[-1] for zone in NEVER_LEAKED)  # invalid, local, arpa
 #: Each zone's name in wire format: the owner of its SOA.
 _ZONE_OWNERS = {zone: wire.encode_name(zone) for zone in NEVER_LEAKED}
 _SOA_RDATA = wire.soa_rdata(_SOA_MNAME, _SOA_RNAME, LOCAL_TTL)
@@ -158,4 +159,6 @@ class LocalStage(PassThrough):
 
     @staticmethod
     def _never_leaked(name: str) -> str | None:
+        if name[name.rfind(".") + 1 :] not in _NEVER_LEAKED_TLDS:
+            return None  # (most names: one slice and one lookup, not one lookup per label)
         return covering(name, NEVER_LEAKED)
