@@ -34,7 +34,7 @@ from filterd.blocklists.sources import UpstreamDnsResolver
 from filterd.blocklists.state import StateDir
 from filterd.config.load import EMBEDDED_NAME, load_config, load_embedded
 from filterd.config.resolvconf import default_upstreams
-from filterd.config.schema import BlockpageTexts, Config, Endpoint, SafeSearchConfig
+from filterd.config.schema import BlockpageTexts, Config, EncryptedUpstream, Endpoint, SafeSearchConfig
 from filterd.errors import ConfigError, FilterdError
 from filterd.explain import CheckError, explain
 from filterd.groups.clock import ScheduleClock
@@ -70,6 +70,8 @@ from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
 from filterd.transport.udp import UdpServer
 from filterd.transport.udp_wildcard import WildcardUdpServer
+from filterd.upstreams.bootstrap import bootstrap_lookup, bootstrap_resolvers
+from filterd.upstreams.pool import EncryptedUpstreams
 from filterd.web.admin import AdminRequestError, admin_app
 from filterd.web.blockpage import blockpage_app
 from filterd.web.metrics import metrics_app
@@ -196,7 +198,9 @@ class App:
         self.schedule_clock = ScheduleClock(self.groups, cfg.schedules, self.policy.changed, self.clock)
         self.schedule_clock.tick()  # the groups' rules as of now, before the first query
         self.bypass = bypass_stage(cfg)
-        self.resolver = resolver or UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics, zones=zones)
+        self.resolver = resolver or UpstreamResolver(
+            upstreams, cfg.dns.timeout, self.metrics, zones=zones, encrypted=encrypted_clients(cfg, upstreams)
+        )
         self.safe_search = SafeSearchStage(cfg.safe_search, self.resolver)
         self.access = AccessStage(cfg.dns.allow_clients)
         stages = [
@@ -391,6 +395,10 @@ class App:
             old.dns.forward_zones,
             old.dns.timeout,
         )
+        keep_resolver &= (config.dns.bootstrap, config.dns.upstream_ca_file) == (
+            old.dns.bootstrap,
+            old.dns.upstream_ca_file,
+        )
         old_resolver, old_refresher = self.resolver, self.refresher
         old_clock, old_directory = self.schedule_clock, self.directory_refresher
         self.config, self.upstreams, self.lists = config, upstreams, lists
@@ -461,6 +469,7 @@ class App:
                 self.upstreams,
                 self._snapshot_path(),
                 guard=self.guard,
+                exchange=self.resolver.exchange if self.resolver is not None else None,
             )
             self.refresher.start()
 
@@ -569,7 +578,8 @@ class App:
         if stage is None or not self.groups:
             self.directory_refresher = None
             return
-        resolver = UpstreamDnsResolver(self.upstreams, self.config.dns.timeout) if self.upstreams else None
+        exchange = self.resolver.exchange if self.resolver is not None else None
+        resolver = UpstreamDnsResolver(self.upstreams, self.config.dns.timeout, exchange) if self.upstreams else None
         refresher = DirectoryRefresher(
             self.groups,
             stage.set_directory,
@@ -872,6 +882,16 @@ class App:
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
+
+
+def encrypted_clients(config: Config, upstreams: tuple[Endpoint, ...]) -> EncryptedUpstreams | None:
+    """The DoT/DoH clients for the `tls://` and `https://` upstreams (default and forward zones'); None: none."""
+    every = [*upstreams, *(ep for _, eps in config.dns.forward_zones for ep in eps)]
+    if not any(isinstance(ep, EncryptedUpstream) for ep in every):
+        return None
+    resolvers = bootstrap_resolvers(config.dns, upstreams, RESOLV_CONF)
+    lookup = bootstrap_lookup(resolvers, config.dns.timeout)
+    return EncryptedUpstreams(every, lookup, config.dns.upstream_ca_file)
 
 
 def _cache_view(config: Config) -> Config:

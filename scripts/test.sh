@@ -2,13 +2,14 @@
 # Install everything the tests need, then lint, type-check and test. The README's test command; CI runs it too.
 #   Debian packages: dnsmasq-base (the real upstream in integration tests), bind9-dnsutils (dig),
 #   chromium and iproute2 (the block page in a real browser, in a network namespace: needs root),
+#   dnsdist (a real DoT and DoH upstream on loopback), knot-dnsutils (kdig: filterd's own DoT and DoH),
 #   nftables (deploy/'s router firewall, in network namespaces), systemd (systemd-analyze verify of the
 #   service; nothing is started) and shellcheck (deploy/install.sh).
 #   Python: a venv in .venv with filterd (editable) and its [test] extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(dnsmasq-base bind9-dnsutils chromium iproute2 nftables systemd shellcheck)
+debs=(dnsmasq-base bind9-dnsutils chromium iproute2 nftables systemd shellcheck dnsdist knot-dnsutils)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
