@@ -66,6 +66,8 @@ from filterd.querylog.suggest import suggest as suggest_names
 from filterd.safeguarding.engine import Alert, AlertEngine
 from filterd.safeguarding.notify import Notifier, compose
 from filterd.sinkhole import BlockedReplies
+from filterd.transport.certs import CertificateError, ServerCertificates
+from filterd.transport.encrypted import EncryptedListeners
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
 from filterd.transport.udp import UdpServer
@@ -123,6 +125,9 @@ class Listening:
     metrics: Endpoint | None = None
     blockpage: list[Endpoint] = field(default_factory=list)
     admin: Endpoint | None = None
+    #: DNS over TLS and DNS over HTTPS (`dns.tls_listen`, `dns.https_listen`), as bound.
+    dot: list[Endpoint] = field(default_factory=list)
+    doh: list[Endpoint] = field(default_factory=list)
 
 
 class App:
@@ -175,6 +180,8 @@ class App:
         self.querylog: QueryLog | None = None
         self.alert_engine: AlertEngine | None = None
         self.notifier: Notifier | None = None
+        #: DoT and DoH served to clients (None: neither is configured).
+        self.encrypted_listeners: EncryptedListeners | None = None
 
     def build_pipeline(
         self,
@@ -271,6 +278,7 @@ class App:
         try:
             for endpoint in self.config.dns.listen:
                 await self._listen_dns(endpoint, handler)
+            await self._listen_encrypted(handler)
             if self.config.metrics is not None:
                 self.listening.metrics = await self._listen_http(
                     self.config.metrics.listen, metrics_app(self.registry), "metrics"
@@ -350,10 +358,16 @@ class App:
             return {"ok": False, "errors": [str(exc)]}
         for warning in self._needs_restart(config):
             log.warning("reload: %s", warning)
+        self._reload_certificates(config)
         old = self.config
         config = replace(  # what is bound stays bound: the running config says what really runs
             config,
-            dns=replace(config.dns, listen=old.dns.listen),
+            dns=replace(
+                config.dns,
+                listen=old.dns.listen,
+                tls_listen=old.dns.tls_listen,
+                https_listen=old.dns.https_listen,
+            ),
             metrics=old.metrics,
             blockpage=old.blockpage,
             admin=old.admin,
@@ -447,6 +461,8 @@ class App:
             key
             for key, a, b in (
                 ("dns.listen", old.dns.listen, new.dns.listen),
+                ("dns.tls_listen", old.dns.tls_listen, new.dns.tls_listen),
+                ("dns.https_listen", old.dns.https_listen, new.dns.https_listen),
                 ("metrics", old.metrics, new.metrics),
                 ("blockpage", old.blockpage, new.blockpage),
                 ("admin", old.admin, new.admin),
@@ -795,6 +811,41 @@ class App:
             _warn_if_not_local("dns", endpoint.host)
             return
 
+    async def _listen_encrypted(self, handler: QueryHandler) -> None:
+        """DoT and DoH (`transport/encrypted.py`), with the `tls` certificate; a local CA would plug in here."""
+        dns = self.config.dns
+        if not dns.tls_listen and not dns.https_listen:
+            return
+        assert self.config.tls is not None  # the loader requires it with either listener
+        try:
+            certificates = ServerCertificates(self.config.tls)
+        except CertificateError as exc:
+            raise StartupError(str(exc)) from None
+        listeners = self.encrypted_listeners = EncryptedListeners(handler, certificates, self.tcp_limits)
+        for what, endpoints, serve, bound in (
+            ("dns.tls_listen", dns.tls_listen, listeners.serve_dot, self.listening.dot),
+            ("dns.https_listen", dns.https_listen, listeners.serve_doh, self.listening.doh),
+        ):
+            for endpoint in endpoints:
+                try:
+                    sock = bind_socket(endpoint.host, endpoint.port, socket.SOCK_STREAM)
+                except OSError as exc:
+                    raise StartupError(_bind_error(f"{what} (tcp)", endpoint, exc)) from None
+                bound.append(await serve(sock))
+                _warn_if_not_local(what, endpoint.host)
+
+    def _reload_certificates(self, config: Config) -> None:
+        """A renewed `tls` pair goes live for new DoT/DoH connections; a bad one is logged and the running one stays."""
+        listeners = self.encrypted_listeners
+        if listeners is None or config.tls is None:
+            return
+        try:
+            listeners.certificates.reload(config.tls)
+        except CertificateError as exc:
+            log.error("reload: %s; the running certificate stays in use", exc)
+            return
+        log.info("reload: the tls certificate was read again (%s)", config.tls.cert)
+
     def client_allowed(self, client_ip: str) -> bool:
         """Whether `dns.allow_clients`, as configured now, serves this client (the block page asks per request)."""
         return self.access is not None and self.access.allowed(client_ip)
@@ -862,6 +913,9 @@ class App:
         self.schedule_clock = self.directory_refresher = None
         if self.resolver is not None:
             await self.resolver.stop()
+        if self.encrypted_listeners is not None:
+            await self.encrypted_listeners.close()
+            self.encrypted_listeners = None
         for transport in self._transports:
             transport.close()
         for wildcard in self._wildcard_udp:
