@@ -48,6 +48,7 @@ from filterd.pipeline.bypass import BypassStage, own_names
 from filterd.pipeline.cache import CacheStage, DnsCache
 from filterd.pipeline.client import ClientStage
 from filterd.pipeline.cname import CnameStage
+from filterd.pipeline.ddr import DdrStage, Designation
 from filterd.pipeline.local import LocalStage
 from filterd.pipeline.policy import AllowList, PolicyStage
 from filterd.pipeline.ratelimit import RateLimitStage
@@ -182,6 +183,7 @@ class App:
         self.notifier: Notifier | None = None
         #: DoT and DoH served to clients (None: neither is configured).
         self.encrypted_listeners: EncryptedListeners | None = None
+        self.ddr = DdrStage()
 
     def build_pipeline(
         self,
@@ -205,6 +207,8 @@ class App:
         self.schedule_clock = ScheduleClock(self.groups, cfg.schedules, self.policy.changed, self.clock)
         self.schedule_clock.tick()  # the groups' rules as of now, before the first query
         self.bypass = bypass_stage(cfg)
+        self.ddr = DdrStage()
+        self._designate()
         self.resolver = resolver or UpstreamResolver(
             upstreams, cfg.dns.timeout, self.metrics, zones=zones, encrypted=encrypted_clients(cfg, upstreams)
         )
@@ -218,6 +222,9 @@ class App:
             *([RateLimitStage(cfg.ratelimit, self.metrics.ratelimited)] if cfg.ratelimit.enabled else []),
             # Before everything that depends on who is asking: the client's group (one memoised lookup).
             self.client_stage,
+            # Before bypass, which answers NODATA for resolver.arpa: DDR designating filterd's own DoT/DoH, only
+            # when it serves them (so clients that upgrade, upgrade to the filter).
+            *([self.ddr] if cfg.dns.tls_listen or cfg.dns.https_listen else []),
             # Before local, cache and policy: the bypass signals (Firefox's canary, iCloud Private Relay, DDR) must
             # get their rcode, never a local zone's NXDOMAIN, a cached upstream answer or a list's sinkhole.
             self.bypass,
@@ -833,6 +840,22 @@ class App:
                     raise StartupError(_bind_error(f"{what} (tcp)", endpoint, exc)) from None
                 bound.append(await serve(sock))
                 _warn_if_not_local(what, endpoint.host)
+        self._designate()
+
+    def _designate(self) -> None:
+        """DDR's answers: filterd's own DoT/DoH endpoints, under the certificate's first DNS name."""
+        listeners = self.encrypted_listeners
+        if listeners is None:
+            return
+        names = listeners.certificates.names
+        if not names:
+            log.warning("ddr: the tls certificate names no DNS name; _dns.resolver.arpa keeps its NODATA")
+            return
+        dot, doh = self.listening.dot, self.listening.doh
+        hints = sorted({ep.host for ep in (*dot, *doh) if not ep.is_wildcard})
+        target = names[0].removeprefix("*.")
+        designation = Designation(target, tuple(ep.port for ep in dot), tuple(ep.port for ep in doh), tuple(hints))
+        self.ddr.designate(designation, names)
 
     def _reload_certificates(self, config: Config) -> None:
         """A renewed `tls` pair goes live for new DoT/DoH connections; a bad one is logged and the running one stays."""
@@ -845,6 +868,7 @@ class App:
             log.error("reload: %s; the running certificate stays in use", exc)
             return
         log.info("reload: the tls certificate was read again (%s)", config.tls.cert)
+        self._designate()
 
     def client_allowed(self, client_ip: str) -> bool:
         """Whether `dns.allow_clients`, as configured now, serves this client (the block page asks per request)."""

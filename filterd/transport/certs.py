@@ -5,6 +5,7 @@ get a renewed certificate without a restart; a pair that cannot be loaded leaves
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 from filterd.config.schema import TlsConfig
 from filterd.errors import FilterdError
@@ -33,6 +34,18 @@ def _load(context: ssl.SSLContext, tls: TlsConfig) -> None:
         raise CertificateError(f"tls: {tls.cert} and {tls.key} are not a certificate and its key: {reason}") from None
 
 
+def certificate_names(path: Path) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses the (first) certificate in a PEM file is for: its subjectAltName."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return san.get_values_for_type(x509.DNSName), [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+
+
 class ServerCertificates:
     def __init__(self, tls: TlsConfig) -> None:
         self.tls = tls
@@ -40,6 +53,7 @@ class ServerCertificates:
         self.doh = _context(["h2", "http/1.1"])
         _load(self.dot, tls)
         _load(self.doh, tls)
+        self.names, self.addresses = _names(tls)
 
     def reload(self, tls: TlsConfig) -> None:
         """Re-read the files (SIGHUP); CertificateError, and the running pair stays, when they are not usable."""
@@ -47,3 +61,11 @@ class ServerCertificates:
         _load(self.dot, tls)
         _load(self.doh, tls)
         self.tls = tls
+        self.names, self.addresses = _names(tls)
+
+
+def _names(tls: TlsConfig) -> tuple[list[str], list[str]]:
+    try:
+        return certificate_names(tls.cert)
+    except (OSError, ValueError):  # loaded by OpenSSL already: a PEM quirk cryptography rejects costs only DDR
+        return [], []

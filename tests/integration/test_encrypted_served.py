@@ -219,3 +219,33 @@ def test_connections_per_client_are_bounded(
     finally:
         for sock in held:
             sock.close()
+
+
+def test_ddr_designates_filterds_own_endpoints(served: RunningFilterd) -> None:
+    """RFC 9462: a client that knows only filterd's address asks SVCB _dns.resolver.arpa and is pointed at
+    filterd's own DoT and DoH (names on its certificate), never at an upstream's."""
+    import dns.rdtypes.svcbbase as svcb
+
+    dot, doh = _ports(served)
+    for ask in (served.query, lambda n, t: served.query(n, t, tcp=True)):
+        reply = ask("_dns.resolver.arpa", "SVCB")
+        assert reply.rcode() == dns.rcode.NOERROR
+        records = sorted((rd for rrset in reply.answer for rd in rrset), key=lambda rd: rd.priority)
+        assert [(rd.priority, rd.target.to_text()) for rd in records] == [(1, f"{NAME}."), (2, f"{NAME}.")]
+        dot_rd, doh_rd = records
+        assert [a.decode() for a in dot_rd.params[svcb.ParamKey.ALPN].ids] == ["dot"]
+        assert dot_rd.params[svcb.ParamKey.PORT].port == dot
+        assert [a.decode() for a in doh_rd.params[svcb.ParamKey.ALPN].ids] == ["h2", "http/1.1"]
+        assert doh_rd.params[svcb.ParamKey.PORT].port == doh
+        assert doh_rd.params[svcb.ParamKey.DOHPATH].value == b"/dns-query{?dns}"
+        assert [str(a) for a in dot_rd.params[svcb.ParamKey.IPV4HINT].addresses] == ["127.0.0.1"]
+    by_name = served.query(f"_dns.{NAME}", "SVCB")
+    assert len(by_name.answer[0]) == 2
+    # other types and names under resolver.arpa keep bypass protection's NODATA
+    other = served.query("_dns.resolver.arpa", "A")
+    assert other.rcode() == dns.rcode.NOERROR and not other.answer and other.authority
+
+
+def test_no_ddr_without_encrypted_listeners(filterd: RunningFilterd) -> None:
+    reply = filterd.query("_dns.resolver.arpa", "SVCB")
+    assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # bypass protection's NODATA
