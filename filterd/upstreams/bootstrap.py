@@ -9,7 +9,7 @@ from pathlib import Path
 from filterd.blocklists.sources import UpstreamDnsResolver
 from filterd.config.resolvconf import default_upstreams
 from filterd.config.schema import DnsConfig, EncryptedUpstream, Endpoint
-from filterd.upstreams.dot import AddressLookup
+from filterd.upstreams.kept import AddressLookup
 
 
 def bootstrap_resolvers(dns: DnsConfig, upstreams: Sequence[Endpoint], resolv_conf: Path) -> tuple[Endpoint, ...]:

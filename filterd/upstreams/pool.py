@@ -9,8 +9,9 @@ from pathlib import Path
 
 from filterd.config.schema import EncryptedUpstream, Endpoint
 from filterd.upstreams.doh import DohUpstream
-from filterd.upstreams.dot import IDLE_TIMEOUT, AddressLookup, DotUpstream
+from filterd.upstreams.dot import DotUpstream
 from filterd.upstreams.errors import UpstreamError
+from filterd.upstreams.kept import IDLE_TIMEOUT, AddressLookup
 from filterd.upstreams.tls import client_context
 
 
@@ -22,13 +23,16 @@ class EncryptedUpstreams:
         ca_file: Path | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
-        context = client_context(ca_file)  # one per pool: every connection verified the same way
+        # one per protocol and pool: every connection verified the same way
+        dot_context, doh_context = client_context(ca_file), client_context(ca_file, alpn=("h2",))
         self.clients: dict[EncryptedUpstream, DotUpstream | DohUpstream] = {}
         for upstream in upstreams:
             if not isinstance(upstream, EncryptedUpstream) or upstream in self.clients:
                 continue
-            kind = DotUpstream if upstream.scheme == "tls" else DohUpstream
-            self.clients[upstream] = kind(upstream, context, lookup, idle_timeout)
+            if upstream.scheme == "tls":
+                self.clients[upstream] = DotUpstream(upstream, dot_context, lookup, idle_timeout)
+            else:
+                self.clients[upstream] = DohUpstream(upstream, doh_context, lookup, idle_timeout)
 
     def __bool__(self) -> bool:
         return bool(self.clients)
