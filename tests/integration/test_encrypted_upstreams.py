@@ -116,6 +116,21 @@ def test_wrong_certificate_fails_and_is_never_sent_in_clear(
     assert "certificate verification failed" in caplog.text
 
 
+def test_reload_moves_from_plain_to_encrypted_upstreams(
+    start_filterd: Callable[..., RunningFilterd], dnsdist: Dnsdist, dnsmasq: Dnsmasq, pki: Pki
+) -> None:
+    server = _start(start_filterd, [dnsmasq.address], pki.ca)
+    assert addresses(server.query("example.org")) == ["192.0.2.10"]
+    url = f"tls://dns.test:{dnsdist.dot_port}@127.0.0.1"
+    text = server.config_path.read_text().replace(f'"{dnsmasq.address}"', f'"{url}"')
+    server.config_path.write_text(text)
+    assert server.app is not None
+    outcome = asyncio.run_coroutine_threadsafe(server.app.reload(), server.loop).result(15)
+    assert outcome["ok"], outcome
+    assert addresses(server.query("www.example.org")) == ["192.0.2.11"]
+    assert server.metric("filterd_upstream_request_duration_seconds_count", upstream=url) == 1
+
+
 def test_dead_upstream_fails_over_and_is_marked_down(
     start_filterd: Callable[..., RunningFilterd], dnsdist: Dnsdist, pki: Pki
 ) -> None:
@@ -237,3 +252,108 @@ async def test_dot_backs_off_after_a_failed_connect(pki: Pki) -> None:
         await client.exchange(*_question("a.example"), 1.0)
     assert loop.time() - started < 0.1  # failed at once: the resolver moves on instead of waiting
     await client.close()
+
+
+class _DohServer:
+    """An HTTP/2 DoH server (hypercorn) whose answers the test chooses: `mode` "ok" (answers after a delay that
+    shrinks with the name's first label, so replies come out of order), "500" or "text" (a wrong content type)."""
+
+    def __init__(self, pki: Pki) -> None:
+        from hypercorn.config import Config
+
+        self.port = free_port()
+        self.config = Config()
+        self.config.bind = [f"127.0.0.1:{self.port}"]
+        self.config.certfile, self.config.keyfile = str(pki.cert), str(pki.key)
+        self.config.alpn_protocols = ["h2"]
+        self.config.errorlog = None
+        self.config.graceful_timeout = 0.5
+        self.mode = "ok"
+        self.requests = 0
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def app(self, scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def,type-arg]
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.requests += 1
+        q = dns.message.from_wire(body)
+        if self.mode == "500":
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b"oops"})
+            return
+        r = dns.message.make_response(q)
+        octets = len(q.question[0].name.labels[0])
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", f"192.0.2.{octets}"))
+        await asyncio.sleep(0.3 / octets)
+        ctype = b"text/plain" if self.mode == "text" else b"application/dns-message"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype)]})
+        await send({"type": "http.response.body", "body": r.to_wire()})
+
+    async def start(self) -> None:
+        from hypercorn.asyncio import serve
+
+        self.task = asyncio.get_running_loop().create_task(
+            serve(self.app, self.config, shutdown_trigger=self.stop.wait)  # type: ignore[arg-type]
+        )
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the DoH test server did not start")
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 10)
+
+
+async def test_doh_streams_answer_out_of_order_and_bad_answers_fail(pki: Pki) -> None:
+    from filterd.config.upstream_url import parse_upstream_url
+    from filterd.upstreams.doh import DohUpstream
+    from filterd.upstreams.errors import UpstreamError
+    from filterd.upstreams.tls import client_context
+
+    server = _DohServer(pki)
+    await server.start()
+
+    async def no_lookup(name: str) -> list[str]:
+        raise OSError("pinned: never looked up")
+
+    upstream = parse_upstream_url(f"https://dns.test:{server.port}/dns-query@127.0.0.1")
+    client = DohUpstream(upstream, client_context(pki.ca, alpn=("h2",)), no_lookup)
+    try:
+        names = ["a.example", "bb.example", "ccc.example"]  # a.example is answered last
+        packets = [_question(n) for n in names]
+        replies = await asyncio.gather(*(client.exchange(p, q, 3.0) for p, q in packets))
+        got = [dns.message.from_wire(r) for r in replies]
+        assert [m.answer[0][0].address for m in got] == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+        assert [m.id for m in got] == [dns.message.from_wire(p).id for p, _ in packets]  # the client's IDs back
+        assert client.connects == 1 and server.requests == 3
+        server.mode = "500"
+        with pytest.raises(UpstreamError, match="HTTP 500") as failed:
+            await client.exchange(*_question("a.example"), 3.0)
+        assert failed.value.kind == "network"
+        server.mode = "text"
+        with pytest.raises(UpstreamError, match="content type") as wrong:
+            await client.exchange(*_question("a.example"), 3.0)
+        assert wrong.value.kind == "mismatch"
+        server.mode = "ok"
+        with pytest.raises(UpstreamError) as late:
+            await client.exchange(*_question("a.example"), 0.1)  # answered after 0.3 s: a timeout, stream reset
+        assert late.value.kind == "timeout"
+        reply = await client.exchange(*_question("bb.example"), 3.0)  # the connection is still good
+        assert dns.message.from_wire(reply).answer[0][0].address == "192.0.2.2"
+        assert client.connects == 1
+    finally:
+        await client.close()
+        await server.close()
