@@ -4,11 +4,15 @@ get a renewed certificate without a restart; a pair that cannot be loaded leaves
 
 from __future__ import annotations
 
+import logging
 import ssl
+import stat
 from pathlib import Path
 
 from filterd.config.schema import TlsConfig
 from filterd.errors import FilterdError
+
+log = logging.getLogger(__name__)
 
 
 class CertificateError(FilterdError):
@@ -46,8 +50,18 @@ def certificate_names(path: Path) -> tuple[list[str], list[str]]:
     return san.get_values_for_type(x509.DNSName), [str(a) for a in san.get_values_for_type(x509.IPAddress)]
 
 
+def _warn_if_readable(key: Path) -> None:
+    try:
+        mode = stat.S_IMODE(key.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("tls.key %s has mode %04o: other users can read the private key; chmod 0600 it", key, mode)
+
+
 class ServerCertificates:
     def __init__(self, tls: TlsConfig) -> None:
+        _warn_if_readable(tls.key)
         self.tls = tls
         self.dot = _context(["dot"])
         self.doh = _context(["h2", "http/1.1"])
@@ -58,6 +72,7 @@ class ServerCertificates:
     def reload(self, tls: TlsConfig) -> None:
         """Re-read the files (SIGHUP); CertificateError, and the running pair stays, when they are not usable."""
         _load(_context([]), tls)  # try first: a failed load must not leave a live context half changed
+        _warn_if_readable(tls.key)
         _load(self.dot, tls)
         _load(self.doh, tls)
         self.tls = tls

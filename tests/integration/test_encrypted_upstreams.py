@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -102,6 +103,10 @@ def test_wrong_certificate_fails_and_is_never_sent_in_clear(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stranger = make_pki(tmp_path / "other", ("dns.test",), label="other")  # a CA filterd does not trust
+    # a clear-text fallback would go to the same address and port over UDP: listen there, and expect nothing
+    clear = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    clear.bind(("127.0.0.1", dnsdist.dot_port))
+    clear.settimeout(0.2)
     cases = [
         (f"tls://dns.test:{dnsdist.dot_port}@127.0.0.1", stranger.ca),  # signed by an unknown CA
         (f"tls://wrong.test:{dnsdist.dot_port}@127.0.0.1", pki.ca),  # trusted CA, another name
@@ -114,6 +119,9 @@ def test_wrong_certificate_fails_and_is_never_sent_in_clear(
         assert ede(reply) and "no upstream answered (tls)" in ede(reply)[0][1], url
         assert server.metric("filterd_upstream_errors_total", upstream=url, kind="tls") >= 1
     assert "certificate verification failed" in caplog.text
+    with pytest.raises(TimeoutError):
+        clear.recv(512)
+    clear.close()
 
 
 def test_reload_moves_from_plain_to_encrypted_upstreams(
