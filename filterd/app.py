@@ -99,6 +99,7 @@ class StartupError(FilterdError):
 
 def resolve_upstreams(config: Config, resolv_conf: Path = RESOLV_CONF) -> tuple[Endpoint, ...]:
     if config.dns.upstreams:
+        _check_bootstrap(config, resolv_conf)
         return config.dns.upstreams
     try:
         text = resolv_conf.read_text()
@@ -960,6 +961,18 @@ class App:
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
+
+
+def _check_bootstrap(config: Config, resolv_conf: Path) -> None:
+    """An encrypted upstream without a pinned address needs a plain resolver to look its name up."""
+    every = [*config.dns.upstreams, *(ep for _, eps in config.dns.forward_zones for ep in eps)]
+    unpinned = [ep for ep in every if isinstance(ep, EncryptedUpstream) and not ep.host]
+    if unpinned and not bootstrap_resolvers(config.dns, config.dns.upstreams, resolv_conf):
+        raise StartupError(
+            f"dns.upstreams: {unpinned[0]} has no address and there is no plain resolver to look "
+            f"{unpinned[0].server_name} up ({resolv_conf} names none other than filterd): set dns.bootstrap, "
+            f"e.g. [9.9.9.9], or pin the address: {unpinned[0]}@ADDRESS"
+        )
 
 
 def encrypted_clients(config: Config, upstreams: tuple[Endpoint, ...]) -> EncryptedUpstreams | None:

@@ -304,7 +304,7 @@ def _dns(node: _Node, p: _Problems, base_dir: Path) -> DnsConfig | None:
     upstreams: tuple[Endpoint, ...] | None = ()
     if "upstreams" in keys:
         upstreams = _items(keys["upstreams"], "dns.upstreams", p, lambda n, k: _upstream(n, k, p))
-    encrypted = _encrypted_dns(keys, p, base_dir)
+    encrypted = _encrypted_dns(keys, p, base_dir, listen or ())
     timeout = 2.0
     if "timeout" in keys:
         timeout = _number(keys["timeout"], "dns.timeout", p, 0.1, 60)
@@ -1267,12 +1267,18 @@ def _upstream(node: _Node, key: str, p: _Problems) -> Endpoint | None:
     return _endpoint(node, key, p, 53)
 
 
-def _encrypted_dns(keys: dict[str, _Node], p: _Problems, base_dir: Path) -> dict[str, Any] | None:
+def _encrypted_dns(
+    keys: dict[str, _Node], p: _Problems, base_dir: Path, listen: tuple[Endpoint, ...]
+) -> dict[str, Any] | None:
     """dns.bootstrap, dns.upstream_ca_file, dns.tls_listen and dns.https_listen, as DnsConfig's keyword arguments."""
     out: dict[str, Any] = {}
     before = len(p.items)
     if "bootstrap" in keys:
-        out["bootstrap"] = _items(keys["bootstrap"], "dns.bootstrap", p, lambda n, k: _endpoint(n, k, p, 53))
+        bootstrap = _items(keys["bootstrap"], "dns.bootstrap", p, lambda n, k: _endpoint(n, k, p, 53))
+        out["bootstrap"] = bootstrap
+        for ep in bootstrap or ():
+            if ep in listen:
+                p.add(keys["bootstrap"].line, "dns.bootstrap", f"{ep} is filterd itself: list plain resolvers")
     if "upstream_ca_file" in keys and keys["upstream_ca_file"].value is not None:
         node = keys["upstream_ca_file"]
         text = _string(node, "dns.upstream_ca_file", p)

@@ -124,3 +124,24 @@ tls: {cert: cert.pem, key: key.pem}
     assert [str(e) for e in config.dns.tls_listen] == ["127.0.0.1:853"]
     assert [str(e) for e in config.dns.https_listen] == ["[::1]:443"]
     assert config.tls is not None and config.tls.key == tmp_path / "key.pem"
+
+
+def test_bootstrap_is_never_filterd_itself() -> None:
+    text = "dns:\n  listen: [127.0.0.1]\n  upstreams: [tls://dns.example]\n  bootstrap: [127.0.0.1, 192.0.2.53]\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml")
+    assert info.value.problems == ["f.yaml:4: dns.bootstrap: 127.0.0.1:53 is filterd itself: list plain resolvers"]
+
+
+def test_an_unpinned_name_needs_a_plain_resolver(tmp_path: Path) -> None:
+    from filterd.app import StartupError, resolve_upstreams
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")  # only filterd itself
+    lone = parse_config("dns:\n  listen: [127.0.0.1]\n  upstreams: [tls://dns.example]\n", "f.yaml")
+    with pytest.raises(StartupError, match=r"set dns.bootstrap, e.g. \[9.9.9.9\], or pin the address"):
+        resolve_upstreams(lone, resolv)
+    pinned = parse_config("dns:\n  listen: [127.0.0.1]\n  upstreams: [tls://dns.example@192.0.2.1]\n", "f.yaml")
+    assert [str(u) for u in resolve_upstreams(pinned, resolv)] == ["tls://dns.example@192.0.2.1"]
+    resolv.write_text("nameserver 192.0.2.53\n")
+    assert resolve_upstreams(lone, resolv) == lone.dns.upstreams  # resolv.conf's resolver is the bootstrap
