@@ -39,6 +39,7 @@ from filterd.config.schema import (
     BlockpageHttpsConfig,
     BlockpageTexts,
     Config,
+    EncryptedUpstream,
     Endpoint,
     SafeSearchConfig,
 )
@@ -55,6 +56,7 @@ from filterd.pipeline.bypass import BypassStage, own_names
 from filterd.pipeline.cache import CacheStage, DnsCache
 from filterd.pipeline.client import ClientStage
 from filterd.pipeline.cname import CnameStage
+from filterd.pipeline.ddr import DdrStage, Designation
 from filterd.pipeline.local import LocalStage
 from filterd.pipeline.policy import AllowList, PolicyStage
 from filterd.pipeline.ratelimit import RateLimitStage
@@ -75,10 +77,14 @@ from filterd.safeguarding.notify import Notifier, compose
 from filterd.sinkhole import BlockedReplies
 from filterd.tls import ca as tls_ca
 from filterd.tls.leaves import Certificates
+from filterd.transport.certs import CertificateError, ServerCertificates
+from filterd.transport.encrypted import EncryptedListeners
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
 from filterd.transport.udp import UdpServer
 from filterd.transport.udp_wildcard import WildcardUdpServer
+from filterd.upstreams.bootstrap import bootstrap_lookup, bootstrap_resolvers
+from filterd.upstreams.pool import EncryptedUpstreams
 from filterd.web.admin import AdminRequestError, admin_app
 from filterd.web.blockpage import blockpage_app
 from filterd.web.console import Console
@@ -106,6 +112,7 @@ class StartupError(FilterdError):
 
 def resolve_upstreams(config: Config, resolv_conf: Path = RESOLV_CONF) -> tuple[Endpoint, ...]:
     if config.dns.upstreams:
+        _check_bootstrap(config, resolv_conf)
         return config.dns.upstreams
     try:
         text = resolv_conf.read_text()
@@ -134,6 +141,9 @@ class Listening:
     blockpage: list[Endpoint] = field(default_factory=list)
     blockpage_https: list[Endpoint] = field(default_factory=list)
     admin: Endpoint | None = None
+    #: DNS over TLS and DNS over HTTPS (`dns.tls_listen`, `dns.https_listen`), as bound.
+    dot: list[Endpoint] = field(default_factory=list)
+    doh: list[Endpoint] = field(default_factory=list)
 
 
 class App:
@@ -189,6 +199,9 @@ class App:
         #: The HTTPS block page's certificates and listeners (`blockpage.https`).
         self.certificates: Certificates | None = None
         self._https: list[HttpsListener] = []
+        #: DoT and DoH served to clients (None: neither is configured).
+        self.encrypted_listeners: EncryptedListeners | None = None
+        self.ddr = DdrStage()
 
     def build_pipeline(
         self,
@@ -212,7 +225,11 @@ class App:
         self.schedule_clock = ScheduleClock(self.groups, cfg.schedules, self.policy.changed, self.clock)
         self.schedule_clock.tick()  # the groups' rules as of now, before the first query
         self.bypass = bypass_stage(cfg)
-        self.resolver = resolver or UpstreamResolver(upstreams, cfg.dns.timeout, self.metrics, zones=zones)
+        self.ddr = DdrStage()
+        self._designate()
+        self.resolver = resolver or UpstreamResolver(
+            upstreams, cfg.dns.timeout, self.metrics, zones=zones, encrypted=encrypted_clients(cfg, upstreams)
+        )
         self.safe_search = SafeSearchStage(cfg.safe_search, self.resolver)
         self.access = AccessStage(cfg.dns.allow_clients)
         self.metrics.proxy.configure(cfg.dns.proxy_protocol)  # before access: it says who the client is
@@ -224,6 +241,9 @@ class App:
             *([RateLimitStage(cfg.ratelimit, self.metrics.ratelimited)] if cfg.ratelimit.enabled else []),
             # Before everything that depends on who is asking: the client's group (one memoised lookup).
             self.client_stage,
+            # Before bypass, which answers NODATA for resolver.arpa: DDR designating filterd's own DoT/DoH, only
+            # when it serves them (so clients that upgrade, upgrade to the filter).
+            *([self.ddr] if cfg.dns.tls_listen or cfg.dns.https_listen else []),
             # Before local, cache and policy: the bypass signals (Firefox's canary, iCloud Private Relay, DDR) must
             # get their rcode, never a local zone's NXDOMAIN, a cached upstream answer or a list's sinkhole.
             self.bypass,
@@ -284,6 +304,7 @@ class App:
         try:
             for endpoint in self.config.dns.listen:
                 await self._listen_dns(endpoint, handler)
+            await self._listen_encrypted(handler)
             if self.config.metrics is not None:
                 self.listening.metrics = await self._listen_http(
                     self.config.metrics.listen, metrics_app(self.registry), "metrics"
@@ -370,10 +391,16 @@ class App:
             return {"ok": False, "errors": [str(exc)]}
         for warning in self._needs_restart(config):
             log.warning("reload: %s", warning)
+        self._reload_certificates(config)
         old = self.config
         config = replace(  # what is bound stays bound: the running config says what really runs
             config,
-            dns=replace(config.dns, listen=old.dns.listen),
+            dns=replace(
+                config.dns,
+                listen=old.dns.listen,
+                tls_listen=old.dns.tls_listen,
+                https_listen=old.dns.https_listen,
+            ),
             metrics=old.metrics,
             blockpage=old.blockpage,
             admin=old.admin,
@@ -416,6 +443,10 @@ class App:
         keep_resolver = upstreams == old_upstreams and (config.dns.forward_zones, config.dns.timeout) == (
             old.dns.forward_zones,
             old.dns.timeout,
+        )
+        keep_resolver &= (config.dns.bootstrap, config.dns.upstream_ca_file) == (
+            old.dns.bootstrap,
+            old.dns.upstream_ca_file,
         )
         old_resolver, old_refresher = self.resolver, self.refresher
         old_clock, old_directory = self.schedule_clock, self.directory_refresher
@@ -465,6 +496,8 @@ class App:
             key
             for key, a, b in (
                 ("dns.listen", old.dns.listen, new.dns.listen),
+                ("dns.tls_listen", old.dns.tls_listen, new.dns.tls_listen),
+                ("dns.https_listen", old.dns.https_listen, new.dns.https_listen),
                 ("metrics", old.metrics, new.metrics),
                 ("blockpage", old.blockpage, new.blockpage),
                 ("admin", old.admin, new.admin),
@@ -487,6 +520,7 @@ class App:
                 self.upstreams,
                 self._snapshot_path(),
                 guard=self.guard,
+                exchange=self.resolver.exchange if self.resolver is not None else None,
             )
             self.refresher.start()
 
@@ -595,7 +629,8 @@ class App:
         if stage is None or not self.groups:
             self.directory_refresher = None
             return
-        resolver = UpstreamDnsResolver(self.upstreams, self.config.dns.timeout) if self.upstreams else None
+        exchange = self.resolver.exchange if self.resolver is not None else None
+        resolver = UpstreamDnsResolver(self.upstreams, self.config.dns.timeout, exchange) if self.upstreams else None
         refresher = DirectoryRefresher(
             self.groups,
             stage.set_directory,
@@ -851,6 +886,58 @@ class App:
             _warn_if_not_local("dns", endpoint.host)
             return
 
+    async def _listen_encrypted(self, handler: QueryHandler) -> None:
+        """DoT and DoH (`transport/encrypted.py`), with the `tls` certificate; a local CA would plug in here."""
+        dns = self.config.dns
+        if not dns.tls_listen and not dns.https_listen:
+            return
+        assert self.config.tls is not None  # the loader requires it with either listener
+        try:
+            certificates = ServerCertificates(self.config.tls)
+        except CertificateError as exc:
+            raise StartupError(str(exc)) from None
+        listeners = self.encrypted_listeners = EncryptedListeners(handler, certificates, self.tcp_limits)
+        for what, endpoints, serve, bound in (
+            ("dns.tls_listen", dns.tls_listen, listeners.serve_dot, self.listening.dot),
+            ("dns.https_listen", dns.https_listen, listeners.serve_doh, self.listening.doh),
+        ):
+            for endpoint in endpoints:
+                try:
+                    sock = bind_socket(endpoint.host, endpoint.port, socket.SOCK_STREAM)
+                except OSError as exc:
+                    raise StartupError(_bind_error(f"{what} (tcp)", endpoint, exc)) from None
+                bound.append(await serve(sock))
+                _warn_if_not_local(what, endpoint.host)
+        self._designate()
+
+    def _designate(self) -> None:
+        """DDR's answers: filterd's own DoT/DoH endpoints, under the certificate's first DNS name."""
+        listeners = self.encrypted_listeners
+        if listeners is None:
+            return
+        names = listeners.certificates.names
+        if not names:
+            log.warning("ddr: the tls certificate names no DNS name; _dns.resolver.arpa keeps its NODATA")
+            return
+        dot, doh = self.listening.dot, self.listening.doh
+        hints = sorted({ep.host for ep in (*dot, *doh) if not ep.is_wildcard})
+        target = names[0].removeprefix("*.")
+        designation = Designation(target, tuple(ep.port for ep in dot), tuple(ep.port for ep in doh), tuple(hints))
+        self.ddr.designate(designation, names)
+
+    def _reload_certificates(self, config: Config) -> None:
+        """A renewed `tls` pair goes live for new DoT/DoH connections; a bad one is logged and the running one stays."""
+        listeners = self.encrypted_listeners
+        if listeners is None or config.tls is None:
+            return
+        try:
+            listeners.certificates.reload(config.tls)
+        except CertificateError as exc:
+            log.error("reload: %s; the running certificate stays in use", exc)
+            return
+        log.info("reload: the tls certificate was read again (%s)", config.tls.cert)
+        self._designate()
+
     def client_allowed(self, client_ip: str) -> bool:
         """Whether `dns.allow_clients`, as configured now, serves this client (the block page asks per request)."""
         return self.access is not None and self.access.allowed(client_ip)
@@ -973,6 +1060,9 @@ class App:
         self.schedule_clock = self.directory_refresher = None
         if self.resolver is not None:
             await self.resolver.stop()
+        if self.encrypted_listeners is not None:
+            await self.encrypted_listeners.close()
+            self.encrypted_listeners = None
         for transport in self._transports:
             transport.close()
         for wildcard in self._wildcard_udp:
@@ -999,6 +1089,28 @@ class App:
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
+
+
+def _check_bootstrap(config: Config, resolv_conf: Path) -> None:
+    """An encrypted upstream without a pinned address needs a plain resolver to look its name up."""
+    every = [*config.dns.upstreams, *(ep for _, eps in config.dns.forward_zones for ep in eps)]
+    unpinned = [ep for ep in every if isinstance(ep, EncryptedUpstream) and not ep.host]
+    if unpinned and not bootstrap_resolvers(config.dns, config.dns.upstreams, resolv_conf):
+        raise StartupError(
+            f"dns.upstreams: {unpinned[0]} has no address and there is no plain resolver to look "
+            f"{unpinned[0].server_name} up ({resolv_conf} names none other than filterd): set dns.bootstrap, "
+            f"e.g. [9.9.9.9], or pin the address: {unpinned[0]}@ADDRESS"
+        )
+
+
+def encrypted_clients(config: Config, upstreams: tuple[Endpoint, ...]) -> EncryptedUpstreams | None:
+    """The DoT/DoH clients for the `tls://` and `https://` upstreams (default and forward zones'); None: none."""
+    every = [*upstreams, *(ep for _, eps in config.dns.forward_zones for ep in eps)]
+    if not any(isinstance(ep, EncryptedUpstream) for ep in every):
+        return None
+    resolvers = bootstrap_resolvers(config.dns, upstreams, RESOLV_CONF)
+    lookup = bootstrap_lookup(resolvers, config.dns.timeout)
+    return EncryptedUpstreams(every, lookup, config.dns.upstream_ca_file)
 
 
 def _cache_view(config: Config) -> Config:

@@ -4,6 +4,7 @@
 #   chromium and iproute2 (the block page in a real browser, in a network namespace: needs root),
 #   libnss3-tools (certutil: the local CA in Chromium's NSS database, for the block page over HTTPS),
 #   chromium-driver (Selenium drives Chromium through the admin page),
+#   dnsdist (a real DoT and DoH upstream on loopback), knot-dnsutils (kdig: filterd's own DoT and DoH),
 #   nftables (deploy/'s router firewall, in network namespaces), systemd (systemd-analyze verify of the
 #   service; nothing is started) and shellcheck (deploy/install.sh).
 #   dnsdist (deploy/dnsdist/: run in front of two filterd on loopback) and prometheus (its promtool: the alert
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(dnsmasq-base bind9-dnsutils chromium chromium-driver iproute2 libnss3-tools nftables systemd shellcheck dnsdist prometheus)
+debs=(dnsmasq-base bind9-dnsutils chromium chromium-driver iproute2 libnss3-tools nftables systemd shellcheck dnsdist prometheus knot-dnsutils)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -31,7 +31,7 @@ from filterd.blocklists.guard import FileGuard
 from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, list_file, load_lists
 from filterd.blocklists.matcher import BlockIndex
 from filterd.blocklists.parse import Skipped
-from filterd.blocklists.sources import FetchError, ListFetcher, RetryPolicy, UpstreamDnsResolver
+from filterd.blocklists.sources import Exchange, FetchError, ListFetcher, RetryPolicy, UpstreamDnsResolver
 from filterd.blocklists.state import ListMeta, StateDir
 from filterd.config.schema import Config, Endpoint, ListConfig
 from filterd.config.units import format_duration, format_size
@@ -256,9 +256,11 @@ class ListRefresher:
         upstreams: Sequence[Endpoint],
         snapshot: Path | None = None,
         guard: FileGuard | None = None,
+        exchange: Exchange | None = None,
     ) -> ListRefresher:
-        """The refresher as filterd runs it: list hosts resolved by asking `upstreams` directly."""
-        resolver = UpstreamDnsResolver(upstreams, timeout=max(config.dns.timeout, 2.0))
+        """The refresher as filterd runs it: list hosts resolved by asking `upstreams` directly (through
+        `exchange`, the running resolver's, when given: it speaks DoT and DoH)."""
+        resolver = UpstreamDnsResolver(upstreams, timeout=max(config.dns.timeout, 2.0), exchange=exchange)
         return cls(config, state, lists, policy, metrics, ListFetcher(resolver), snapshot=snapshot, guard=guard)
 
     def start(self) -> None:

@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -190,11 +190,13 @@ class UpstreamDnsResolver(AbstractResolver):
     network errors move on to the next upstream within one `timeout`.
     """
 
-    def __init__(self, upstreams: Sequence[Endpoint], timeout: float = 5.0) -> None:
+    def __init__(self, upstreams: Sequence[Endpoint], timeout: float = 5.0, exchange: Exchange | None = None) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.upstreams = tuple(upstreams)
         self.timeout = timeout
+        #: The running resolver's exchange (it speaks DoT and DoH to encrypted upstreams); None: plain UDP/TCP.
+        self.exchange = exchange
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -237,9 +239,12 @@ class UpstreamDnsResolver(AbstractResolver):
             if share <= 0.001:
                 break
             try:
-                response, _ = await exchange_udp(upstream, packet, question, share)
-                if response[2] & 0x02:  # TC: ask again over TCP
-                    response = await exchange_tcp(upstream, packet, question, max(share, 0.5))
+                if self.exchange is not None:
+                    response = await self.exchange(upstream, packet, question, share)
+                else:
+                    response, _ = await exchange_udp(upstream, packet, question, share)
+                    if response[2] & 0x02:  # TC: ask again over TCP
+                        response = await exchange_tcp(upstream, packet, question, max(share, 0.5))
             except UpstreamError as exc:
                 failures.append(f"{upstream}: {exc}")
                 continue
@@ -260,6 +265,9 @@ class UpstreamDnsResolver(AbstractResolver):
 
     async def close(self) -> None:
         """Nothing to release: every exchange has its own socket."""
+
+
+Exchange = Callable[[Endpoint, bytes, bytes, float], Awaitable[bytes]]
 
 
 def _result(hostname: str, address: str, port: int, family: int) -> ResolveResult:

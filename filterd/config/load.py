@@ -51,6 +51,7 @@ from filterd.config.schema import (
     SafeSearchConfig,
     ScheduleConfig,
     SinkholeConfig,
+    TlsConfig,
     Window,
     YoutubeRestriction,
 )
@@ -285,9 +286,11 @@ def _timezone(node: _Node, key: str, p: _Problems) -> str | None:
 # --- sections ---------------------------------------------------------------------------------------
 
 
-def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
+def _dns(node: _Node, p: _Problems, base_dir: Path) -> DnsConfig | None:
     dns_keys = {"listen", "upstreams", "timeout", "allow_clients", "forward_zones", "records"}
-    keys = _mapping(node, "dns", dns_keys | {"rebind_protection", "rebind_allow", "proxy_protocol"}, p)
+    keys = _mapping(
+        node, "dns", dns_keys | {"rebind_protection", "rebind_allow", "proxy_protocol"} | _ENCRYPTED_DNS_KEYS, p
+    )
     if keys is None:
         return None
     if "listen" not in keys:
@@ -303,7 +306,8 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
         listen = None
     upstreams: tuple[Endpoint, ...] | None = ()
     if "upstreams" in keys:
-        upstreams = _items(keys["upstreams"], "dns.upstreams", p, lambda n, k: _endpoint(n, k, p, 53))
+        upstreams = _items(keys["upstreams"], "dns.upstreams", p, lambda n, k: _upstream(n, k, p))
+    encrypted = _encrypted_dns(keys, p, base_dir, listen or ())
     timeout = 2.0
     if "timeout" in keys:
         timeout = _number(keys["timeout"], "dns.timeout", p, 0.1, 60)
@@ -319,7 +323,14 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
         proxies = _items(keys["proxy_protocol"], "dns.proxy_protocol", p, lambda n, k: _network(n, k, p, "10.0.0.5/32"))
     if listen is None or upstreams is None or timeout is None or allow_clients is None:
         return None
-    if zones is None or records is None or rebind is None or rebind_allow is None or proxies is None:
+    if (
+        zones is None
+        or records is None
+        or rebind is None
+        or rebind_allow is None
+        or proxies is None
+        or encrypted is None
+    ):
         return None
     return DnsConfig(
         listen=listen,
@@ -331,6 +342,7 @@ def _dns(node: _Node, p: _Problems) -> DnsConfig | None:
         rebind_protection=rebind,
         rebind_allow=rebind_allow,
         proxy_protocol=proxies,
+        **encrypted,
     )
 
 
@@ -350,7 +362,7 @@ def _forward_zones(node: _Node, p: _Problems) -> tuple[tuple[str, tuple[Endpoint
         key = f"dns.forward_zones.{zone_text}"
         zone = _zone_name(child, key, zone_text, p)
         items = child if isinstance(child.value, list) else _Node([child], child.line)
-        upstreams = _items(items, key, p, lambda n, k: _endpoint(n, k, p, 53))
+        upstreams = _items(items, key, p, lambda n, k: _upstream(n, k, p))
         if zone is not None and upstreams:
             out.append((zone, upstreams))
         elif upstreams is not None and not upstreams:
@@ -917,6 +929,7 @@ _TOP_KEYS = {
     "dhcp_leases",
     "querylog",
     "safeguarding",
+    "tls",
 }
 
 
@@ -938,7 +951,7 @@ def parse_config(text: str, source: str, base_dir: Path | None = None, *, check_
     if "dns" not in keys:
         p.add(root.line, "dns", "is required (at least dns.listen)")
     else:
-        dns = _dns(keys["dns"], p)
+        dns = _dns(keys["dns"], p, base)
     blocking = _blocking(keys["blocking"], p) if "blocking" in keys else BlockingConfig()
     cache = _cache(keys["cache"], p) if "cache" in keys else CacheConfig()
     lists = _lists(keys["lists"], p, base) if "lists" in keys else DEFAULT_LISTS
@@ -967,6 +980,9 @@ def parse_config(text: str, source: str, base_dir: Path | None = None, *, check_
     )
     if groups is not None and schedules is not None and lists is not None:
         _check_groups(keys, groups, schedules, lists, p)
+    tls = _tls(keys["tls"], p, base) if "tls" in keys and keys["tls"].value is not None else None
+    if dns is not None and "tls" not in keys:
+        _check_served_tls(keys["dns"], dns, p)
     if p.items or dns is None or blocking is None or cache is None or lists is None or allow is None:
         raise ConfigError(p.in_line_order())
     assert groups is not None and schedules is not None and dhcp_leases is not None  # else p.items
@@ -990,6 +1006,7 @@ def parse_config(text: str, source: str, base_dir: Path | None = None, *, check_
         dhcp_leases=dhcp_leases,
         querylog=querylog or QueryLogConfig(),
         safeguarding=safeguarding or SafeguardingConfig(),
+        tls=tls,
         source=source,
     )
 
@@ -1272,3 +1289,82 @@ def _safeguarding(node: _Node, p: _Problems, base_dir: Path) -> SafeguardingConf
         if rule.name in names[:i]:
             p.add(keys["alerts"].line, f"safeguarding.alerts[{i}].name", f"{rule.name!r} is used by another rule")
     return SafeguardingConfig(rules, notify, quiet)
+
+
+# --- encrypted DNS (issue 18): tls:// and https:// upstreams, DoT and DoH served, the tls certificate --------
+
+_ENCRYPTED_DNS_KEYS = {"bootstrap", "upstream_ca_file", "tls_listen", "https_listen"}
+
+
+def _upstream(node: _Node, key: str, p: _Problems) -> Endpoint | None:
+    """A plain `host[:port]`, or a `tls://` / `https://` URL (`config/upstream_url.py`)."""
+    from filterd.config.upstream_url import is_encrypted_url, parse_upstream_url
+
+    if isinstance(node.value, str) and is_encrypted_url(node.value):
+        try:
+            return parse_upstream_url(node.value)
+        except ValueError as exc:
+            p.add(node.line, key, str(exc))
+            return None
+    if isinstance(node.value, str) and "://" in node.value:
+        p.add(node.line, key, f"{node.value!r}: the scheme must be tls:// or https:// (or none: host[:port])")
+        return None
+    return _endpoint(node, key, p, 53)
+
+
+def _encrypted_dns(
+    keys: dict[str, _Node], p: _Problems, base_dir: Path, listen: tuple[Endpoint, ...]
+) -> dict[str, Any] | None:
+    """dns.bootstrap, dns.upstream_ca_file, dns.tls_listen and dns.https_listen, as DnsConfig's keyword arguments."""
+    out: dict[str, Any] = {}
+    before = len(p.items)
+    if "bootstrap" in keys:
+        bootstrap = _items(keys["bootstrap"], "dns.bootstrap", p, lambda n, k: _endpoint(n, k, p, 53))
+        out["bootstrap"] = bootstrap
+        for ep in bootstrap or ():
+            if ep in listen:
+                p.add(keys["bootstrap"].line, "dns.bootstrap", f"{ep} is filterd itself: list plain resolvers")
+    if "upstream_ca_file" in keys and keys["upstream_ca_file"].value is not None:
+        node = keys["upstream_ca_file"]
+        text = _string(node, "dns.upstream_ca_file", p)
+        if text is not None:
+            path = base_dir / Path(text).expanduser()
+            problem = _file_problem(path) if p.check_files else None
+            if problem is not None:
+                p.add(node.line, "dns.upstream_ca_file", problem)
+            out["upstream_ca_file"] = path
+    if "tls_listen" in keys:
+        out["tls_listen"] = _items(keys["tls_listen"], "dns.tls_listen", p, lambda n, k: _endpoint(n, k, p, 853))
+    if "https_listen" in keys:
+        out["https_listen"] = _items(keys["https_listen"], "dns.https_listen", p, lambda n, k: _endpoint(n, k, p, 443))
+    return None if len(p.items) > before else out
+
+
+def _tls(node: _Node, p: _Problems, base_dir: Path) -> TlsConfig | None:
+    keys = _mapping(node, "tls", {"cert", "key"}, p)
+    if keys is None:
+        return None
+    paths: dict[str, Path] = {}
+    for name in ("cert", "key"):
+        if name not in keys:
+            p.add(node.line, f"tls.{name}", f"is required (a PEM file), e.g. /etc/filterd/tls/{name}.pem")
+            continue
+        text = _string(keys[name], f"tls.{name}", p)
+        if text is None:
+            continue
+        path = base_dir / Path(text).expanduser()
+        problem = _file_problem(path) if p.check_files else None
+        if problem is not None:
+            p.add(keys[name].line, f"tls.{name}", problem)
+        paths[name] = path
+    if len(paths) < 2:
+        return None
+    return TlsConfig(cert=paths["cert"], key=paths["key"])
+
+
+def _check_served_tls(dns_node: _Node, dns: DnsConfig, p: _Problems) -> None:
+    """DoT and DoH need a certificate: `tls: {cert, key}` (where a local CA's certificate would plug in too)."""
+    keys = dns_node.value if isinstance(dns_node.value, dict) else {}
+    for name in ("tls_listen", "https_listen"):
+        if getattr(dns, name):
+            p.add(keys[name].line, f"dns.{name}", "needs a certificate: set tls.cert and tls.key (PEM files)")

@@ -30,6 +30,22 @@ class Endpoint:
         return ipaddress.ip_address(self.host).is_unspecified
 
 
+@dataclass(frozen=True, slots=True)
+class EncryptedUpstream(Endpoint):
+    """An upstream reached over TLS: DoT (`tls://NAME[:PORT][@ADDRESS]`, RFC 7858) or DoH
+    (`https://NAME[:PORT]/PATH[@ADDRESS]`, RFC 8484). `host` is the pinned address, or "" when NAME is resolved
+    through `dns.bootstrap`; the certificate is always verified for `server_name`."""
+
+    scheme: str = "tls"  # "tls" | "https"
+    server_name: str = ""
+    path: str = ""  # DoH only, e.g. /dns-query
+
+    def __str__(self) -> str:
+        port = "" if self.port == (853 if self.scheme == "tls" else 443) else f":{self.port}"
+        pin = "" if self.host in ("", self.server_name) else f"@{self.host}"
+        return f"{self.scheme}://{self.server_name}{port}{self.path}{pin}"
+
+
 #: Who may query by default: loopback, RFC 1918, RFC 6598 (CGNAT), ULA and link-local. Never the world.
 DEFAULT_ALLOW_CLIENTS: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(n)
@@ -65,6 +81,15 @@ class DnsConfig:
     #: Load balancers (dnsdist) whose packets carry the PROXY protocol v2 header naming the real client; only
     #: these may, and each of their packets must. Empty: off.
     proxy_protocol: tuple[IPNetwork, ...] = ()
+    #: Plain resolvers that look up the NAME of a `tls://` or `https://` upstream with no pinned address; empty:
+    #: the plain `upstreams`, else /etc/resolv.conf's nameservers (never filterd itself).
+    bootstrap: tuple[Endpoint, ...] = ()
+    #: CA certificates (PEM) that encrypted upstreams are verified against instead of the system store.
+    upstream_ca_file: Path | None = None
+    #: DNS over TLS served to clients (RFC 7858; port 853 by default), with the top-level `tls` certificate.
+    tls_listen: tuple[Endpoint, ...] = ()
+    #: DNS over HTTPS served to clients at /dns-query (RFC 8484; port 443 by default; HTTP/2 and HTTP/1.1).
+    https_listen: tuple[Endpoint, ...] = ()
 
 
 class BlockingMode(enum.StrEnum):
@@ -198,6 +223,14 @@ class RateLimitConfig:
     slip: int = 2
     #: Client networks never limited; replaces the default (loopback).
     exempt: tuple[IPNetwork, ...] = DEFAULT_RATELIMIT_EXEMPT
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The certificate filterd serves DoT and DoH with (PEM files; re-read on SIGHUP)."""
+
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +438,8 @@ class Config:
     querylog: QueryLogConfig = field(default_factory=QueryLogConfig)
     #: Alerts to a safeguarding lead after repeated attempts.
     safeguarding: SafeguardingConfig = field(default_factory=SafeguardingConfig)
+    #: The certificate for `dns.tls_listen` and `dns.https_listen`; None: neither can be on.
+    tls: TlsConfig | None = None
     #: Where the config came from ("<embedded default>" or a path), for messages.
     source: str = "<embedded default>"
 

@@ -19,24 +19,20 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from filterd.config.schema import Endpoint
+from filterd.config.schema import EncryptedUpstream, Endpoint
 from filterd.dns import wire
 from filterd.dns.response import Response, parse_response, render, upstream_query
 from filterd.metrics import Metrics
 from filterd.pipeline.base import SERVFAIL_REASON, Answer, Decision, Query
 from filterd.pipeline.upstream_health import UpstreamHealth
+from filterd.upstreams.errors import UpstreamError
+from filterd.upstreams.pool import EncryptedUpstreams
+
+__all__ = ["UpstreamError", "UpstreamResolver", "exchange_tcp", "exchange_udp", "upstreams_for"]
 
 log = logging.getLogger(__name__)
 
 MergeKey = tuple[str, int, int, bool, bool]
-
-
-class UpstreamError(Exception):
-    """One failed exchange; `kind` is the label of filterd_upstream_errors_total."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
 
 
 class _UdpExchange(asyncio.DatagramProtocol):
@@ -155,6 +151,7 @@ class UpstreamResolver:
         metrics: Metrics,
         zones: Mapping[str, Sequence[Endpoint]] | None = None,
         health: UpstreamHealth | None = None,
+        encrypted: EncryptedUpstreams | None = None,
     ) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is needed")
@@ -164,6 +161,11 @@ class UpstreamResolver:
         self.metrics = metrics
         every = {*self.upstreams, *(ep for eps in self.zones.values() for ep in eps)}
         self.health = health if health is not None else UpstreamHealth(sorted(every, key=str), metrics)
+        #: The DoT and DoH clients of the `tls://` and `https://` upstreams (`filterd/upstreams/`).
+        self.encrypted = encrypted
+        if encrypted is None and any(isinstance(ep, EncryptedUpstream) for ep in every):
+            raise ValueError("encrypted upstreams need their clients (EncryptedUpstreams)")
+        self.health.probe = self.exchange
         self._inflight: dict[MergeKey, asyncio.Future[_Outcome]] = {}
 
     def upstreams_for(self, qname: str) -> tuple[Endpoint, ...]:
@@ -226,6 +228,16 @@ class UpstreamResolver:
         return _Outcome(None, "", tuple(failures))
 
     async def _exchange(self, upstream: Endpoint, packet: bytes, question: bytes, timeout: float) -> Response:
+        try:
+            return parse_response(await self.exchange(upstream, packet, question, timeout), len(question))
+        except wire.WireError as exc:
+            raise UpstreamError("mismatch", f"unreadable response: {exc.reason}") from None
+
+    async def exchange(self, upstream: Endpoint, packet: bytes, question: bytes, timeout: float) -> bytes:
+        """One query to one upstream over its transport: UDP (TCP when truncated), or DoT/DoH; raw reply bytes."""
+        if isinstance(upstream, EncryptedUpstream):
+            assert self.encrypted is not None  # checked in __init__
+            return await self.encrypted.exchange(upstream, packet, question, timeout)
         loop = asyncio.get_running_loop()
         started = loop.time()
         data, mismatches = await exchange_udp(upstream, packet, question, timeout)
@@ -234,13 +246,12 @@ class UpstreamResolver:
         if data[2] & 0x02:  # TC: the answer did not fit; ask again over TCP
             left = timeout - (loop.time() - started)
             data = await exchange_tcp(upstream, packet, question, max(left, 0.05))
-        try:
-            return parse_response(data, len(question))
-        except wire.WireError as exc:
-            raise UpstreamError("mismatch", f"unreadable response: {exc.reason}") from None
+        return data
 
     async def start(self) -> None:
         self.health.start()
 
     async def stop(self) -> None:
         await self.health.stop()
+        if self.encrypted is not None:
+            await self.encrypted.close()

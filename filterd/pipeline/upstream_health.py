@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from filterd.config.schema import Endpoint
@@ -41,6 +41,8 @@ class UpstreamHealth:
         self.metrics = metrics
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        #: How a probe is sent (the resolver's own exchange: DoT and DoH upstreams are probed over TLS); None: UDP.
+        self.probe: Callable[[Endpoint, bytes, bytes, float], Awaitable[object]] | None = None
         for ep in upstreams:
             metrics.upstream_up.labels(upstream=str(ep)).set(1)
 
@@ -60,7 +62,7 @@ class UpstreamHealth:
             self._mark(upstream, up=True)
 
     def failed(self, upstream: Endpoint, kind: str) -> None:
-        if kind not in ("timeout", "network"):
+        if kind not in ("timeout", "network", "tls"):
             return
         state = self.states[upstream]
         state.failures += 1
@@ -105,7 +107,10 @@ class UpstreamHealth:
                     continue
                 try:
                     packet = struct.pack("!H", secrets.randbits(16)) + _ROOT_NS_QUERY[2:]
-                    await exchange_udp(ep, packet, b"\x00\x00\x02\x00\x01", PROBE_TIMEOUT)
+                    if self.probe is not None:
+                        await self.probe(ep, packet, b"\x00\x00\x02\x00\x01", PROBE_TIMEOUT)
+                    else:
+                        await exchange_udp(ep, packet, b"\x00\x00\x02\x00\x01", PROBE_TIMEOUT)
                 except UpstreamError:
                     state.probe_in = min(state.probe_in * 2, PROBE_MAX)
                     continue

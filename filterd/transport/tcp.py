@@ -57,8 +57,10 @@ class _Connection:
 
 
 class TcpServer:
-    def __init__(self, handler: QueryHandler, limits: TcpLimits | None = None) -> None:
+    def __init__(self, handler: QueryHandler, limits: TcpLimits | None = None, protocol: str = "tcp") -> None:
         self.handler = handler
+        #: The `protocol` label of the queries (`tls`: the same server behind DNS over TLS, `transport/encrypted.py`).
+        self.protocol = protocol
         self.limits = limits if limits is not None else TcpLimits()
         self.idle_timeout = self.limits.idle_timeout
         self.max_inflight = self.limits.max_inflight_per_connection
@@ -146,7 +148,7 @@ class TcpServer:
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return False
             conn.last_active = loop.time()
-            result = self.handler.handle(data, conn.client, "tcp")
+            result = self.handler.handle(data, conn.client, self.protocol)
             if result is None:
                 continue
             if isinstance(result, bytes):

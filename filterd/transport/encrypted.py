@@ -1,0 +1,112 @@
+"""The encrypted listeners: DNS over TLS (`dns.tls_listen`: `tcp.py`'s server behind TLS, same limits) and DNS
+over HTTPS (`dns.https_listen`: `doh.py` on hypercorn's HTTP/2 and HTTP/1.1 protocols), on sockets the app bound.
+
+Both bound each client as DNS over TCP does (`TcpLimits`: connections per client address and in all, the idle
+timeout, which also bounds the TLS handshake). A local CA (the HTTPS block page's) would plug in where
+`ServerCertificates` is built from the `tls` files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config as HypercornConfig
+
+from filterd.config.schema import Endpoint
+from filterd.transport.certs import ServerCertificates
+from filterd.transport.doh import DohApp
+from filterd.transport.handler import QueryHandler
+from filterd.transport.tcp import TcpLimits, TcpServer
+
+log = logging.getLogger(__name__)
+
+
+class EncryptedListeners:
+    def __init__(self, handler: QueryHandler, certificates: ServerCertificates, limits: TcpLimits) -> None:
+        self.handler = handler
+        self.certificates = certificates
+        self.limits = limits
+        self.servers: list[asyncio.Server] = []
+        self._dot = TcpServer(handler, limits, protocol="tls")
+        self._doh_config = _hypercorn_config(limits)
+        self._doh_context = WorkerContext(None)
+        self._doh_app = ASGIWrapper(DohApp(handler))  # type: ignore[arg-type]  # an ASGI 3 callable
+        #: DoH connections open, in all and per client address.
+        self._doh_open: dict[str, int] = {}
+        self._doh_connections: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
+
+    async def serve_dot(self, sock: socket.socket) -> Endpoint:
+        server = await asyncio.start_server(
+            self._dot.serve, sock=sock, ssl=self.certificates.dot, ssl_handshake_timeout=self.limits.idle_timeout
+        )
+        return self._started(server, sock, "dns-over-tls")
+
+    async def serve_doh(self, sock: socket.socket) -> Endpoint:
+        server = await asyncio.start_server(
+            self._doh_connection,
+            sock=sock,
+            ssl=self.certificates.doh,
+            ssl_handshake_timeout=self.limits.idle_timeout,
+        )
+        return self._started(server, sock, "dns-over-https")
+
+    def _started(self, server: asyncio.Server, sock: socket.socket, what: str) -> Endpoint:
+        self.servers.append(server)
+        host, port = sock.getsockname()[:2]
+        bound = Endpoint(host, port)
+        log.info("%s: listening on %s", what, bound)
+        return bound
+
+    async def _doh_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else "0.0.0.0"
+        if (
+            self._doh_open.get(client, 0) >= self.limits.max_connections_per_client
+            or sum(self._doh_open.values()) >= self.limits.max_connections
+        ):
+            self.handler.metrics.tcp.closed["refused"] += 1
+            writer.transport.abort()
+            return
+        self._doh_open[client] = self._doh_open.get(client, 0) + 1
+        self._doh_connections[writer] = asyncio.current_task()
+        try:
+            loop = asyncio.get_running_loop()
+            await TCPServer(self._doh_app, loop, self._doh_config, self._doh_context, {}, reader, writer)
+        except Exception as exc:  # a client's protocol error ends its connection, never the server
+            log.debug("dns-over-https: connection from %s ended: %r", client, exc)
+        finally:
+            self._doh_connections.pop(writer, None)
+            left = self._doh_open[client] - 1
+            if left:
+                self._doh_open[client] = left
+            else:
+                del self._doh_open[client]
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        await self._doh_context.terminated.set()  # hypercorn's connections close when idle
+        # Aborted, not cancelled: Python 3.11's streams log a cancelled connection task as an error.
+        tasks = [task for task in self._doh_connections.values() if task is not None]
+        for writer in list(self._doh_connections):
+            writer.transport.abort()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        self.servers.clear()
+
+
+def _hypercorn_config(limits: TcpLimits) -> HypercornConfig:
+    config = HypercornConfig()
+    config.keep_alive_timeout = limits.idle_timeout
+    config.read_timeout = max(1, int(limits.idle_timeout))
+    config.keep_alive_max_requests = 1_000_000  # a browser keeps one connection for all of its lookups
+    config.h2_max_concurrent_streams = limits.max_inflight_per_connection
+    config.include_server_header = False
+    config.accesslog = None
+    config.errorlog = logging.getLogger("filterd.transport.doh.http")
+    return config

@@ -1,0 +1,202 @@
+"""DNS over HTTPS to one upstream (RFC 8484) on a `KeptConnection`: POST application/dns-message, one HTTP/2
+stream per query on the one connection (as many at once as the server's SETTINGS allow), on the `h2` library's
+sans-IO protocol; a GOAWAY or a used-up stream ID space moves new queries to a new connection.
+
+Why not httpx[http2]: measured with bench/encrypted.py, filterd forwarding misses through httpx's HTTP/2 client
+spent about 9x the CPU of the plain path (1,290 against 140 us a query); the same h2 protocol under this thin shell
+costs about as much as plain DNS. aiohttp's client speaks HTTP/1.1 only (one query per connection at a time), and
+aioquic's HTTP stack is HTTP/3 only.
+
+filterd connects to the pinned address, or to the one `dns.bootstrap` gave for NAME, never through the system
+resolver; TLS is verified for NAME (the SNI and `:authority` carry it). Never clear text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+from filterd.config.schema import EncryptedUpstream
+from filterd.dns import wire
+from filterd.upstreams.errors import UpstreamError
+from filterd.upstreams.kept import IDLE_TIMEOUT, AddressLookup, KeptConnection, Session, SessionClosed
+
+MEDIA_TYPE = b"application/dns-message"
+READ_SIZE = 65536
+
+
+class _Stream:
+    __slots__ = ("body", "content_type", "future", "question", "status")
+
+    def __init__(self, future: asyncio.Future[bytes], question: bytes) -> None:
+        self.future = future
+        self.question = question
+        self.status = 0
+        self.content_type = b""
+        self.body: list[bytes] = []
+
+
+class _H2Session(Session):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.initiate_connection()
+        self.streams: dict[int, _Stream] = {}
+        #: Set whenever a stream ends: a query waiting for the server's stream limit tries again.
+        self.slot = asyncio.Event()
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    def busy(self) -> bool:
+        return bool(self.streams)
+
+    def fail_all(self, reason: str) -> None:
+        for stream in self.streams.values():
+            if not stream.future.done():
+                stream.future.set_exception(SessionClosed(reason))
+        self.slot.set()
+
+
+class DohUpstream(KeptConnection[_H2Session]):
+    alpn = "h2"
+
+    def __init__(
+        self,
+        upstream: EncryptedUpstream,
+        context: ssl.SSLContext,
+        lookup: AddressLookup,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        super().__init__(upstream, context, lookup, idle_timeout)
+        authority = upstream.server_name if upstream.port == 443 else f"{upstream.server_name}:{upstream.port}"
+        self._headers = [
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":authority", authority.encode()),
+            (b":path", upstream.path.encode()),
+            (b"accept", MEDIA_TYPE),
+            (b"content-type", MEDIA_TYPE),
+        ]
+
+    def _start(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _H2Session:
+        return _H2Session(reader, writer)
+
+    async def _ask(self, session: _H2Session, packet: bytes, question: bytes, deadline: float) -> bytes:
+        body = b"\x00\x00" + packet[2:]  # ID 0 (RFC 8484 4.1): HTTP caches see one query as one
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout_at(deadline):
+                while session.h2.open_outbound_streams >= session.h2.remote_settings.max_concurrent_streams:
+                    session.slot.clear()
+                    await session.slot.wait()
+                    if session.closed:
+                        raise SessionClosed("the connection closed")
+                if session.closed or session.writer.is_closing():
+                    raise SessionClosed("the connection is closing")
+                try:
+                    stream_id = session.h2.get_next_available_stream_id()
+                    session.h2.send_headers(stream_id, [*self._headers, (b"content-length", b"%d" % len(body))])
+                    session.h2.send_data(stream_id, body, end_stream=True)
+                except h2.exceptions.NoAvailableStreamIDError:
+                    session.closed = True  # new queries go to a new connection; this one drains
+                    raise SessionClosed("stream IDs used up") from None
+                except h2.exceptions.ProtocolError as exc:
+                    raise UpstreamError("network", f"HTTP/2: {exc}") from None
+                session.streams[stream_id] = _Stream(future, question)
+                session.flush()
+                try:
+                    data = await future
+                finally:
+                    if session.streams.pop(stream_id, None) is not None and not future.done():
+                        self._reset(session, stream_id)
+        except TimeoutError:
+            raise UpstreamError("timeout", "no HTTPS answer in time") from None
+        return packet[:2] + data[2:]
+
+    @staticmethod
+    def _reset(session: _H2Session, stream_id: int) -> None:
+        try:
+            session.h2.reset_stream(stream_id)
+            session.flush()
+        except h2.exceptions.H2Error:
+            pass
+
+    async def _read(self, session: _H2Session) -> None:
+        reader = session.reader
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    data = await reader.read(READ_SIZE)
+            except TimeoutError:
+                if session.streams:
+                    continue
+                session.h2.close_connection()
+                session.flush()
+                return  # idle: closed by `_drop`
+            if not data:
+                return
+            try:
+                events = session.h2.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                raise SessionClosed(f"HTTP/2 protocol error: {exc}") from None
+            for event in events:
+                self._on_event(session, event)
+            session.flush()
+
+    def _on_event(self, session: _H2Session, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            stream = session.streams.get(event.stream_id)
+            if stream is not None:
+                for name, value in event.headers or ():
+                    if name == b":status":
+                        stream.status = int(value)
+                    elif name == b"content-type":
+                        stream.content_type = bytes(value).split(b";")[0].strip().lower()
+        elif isinstance(event, h2.events.DataReceived):
+            if event.flow_controlled_length:
+                session.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            stream = session.streams.get(event.stream_id)
+            if stream is not None and event.data:
+                stream.body.append(event.data)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = session.streams.get(event.stream_id)
+            if stream is not None and not stream.future.done():
+                _finish(stream, self.upstream)
+            session.slot.set()
+        elif isinstance(event, h2.events.StreamReset):
+            stream = session.streams.get(event.stream_id)
+            if stream is not None and not stream.future.done():
+                stream.future.set_exception(UpstreamError("network", f"stream reset ({event.error_code})"))
+            session.slot.set()
+        elif isinstance(event, h2.events.ConnectionTerminated):  # GOAWAY: what it did not take is asked again
+            session.closed = True
+            last = event.last_stream_id if event.last_stream_id is not None else 0
+            for stream_id, stream in session.streams.items():
+                if stream_id > last and not stream.future.done():
+                    stream.future.set_exception(SessionClosed("the server sent GOAWAY"))
+            session.slot.set()
+
+
+def _finish(stream: _Stream, upstream: EncryptedUpstream) -> None:
+    if stream.status != 200:
+        stream.future.set_exception(UpstreamError("network", f"HTTP {stream.status} from {upstream}"))
+        return
+    if stream.content_type != MEDIA_TYPE:
+        stream.future.set_exception(UpstreamError("mismatch", f"content type {stream.content_type.decode()!r}"))
+        return
+    data = b"".join(stream.body)
+    header = wire.response_header(data)
+    if header is None or not header[1] & wire.QR or not wire.question_matches(data, stream.question):
+        stream.future.set_exception(UpstreamError("mismatch", "the reply is not an answer to the question asked"))
+        return
+    stream.future.set_result(data)

@@ -1,0 +1,147 @@
+"""tls:// and https:// upstreams in the config: what they parse to, and the FILE:LINE errors for bad ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from filterd.config.load import parse_config
+from filterd.config.schema import EncryptedUpstream
+from filterd.config.upstream_url import parse_upstream_url
+from filterd.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "scheme", "name", "path", "label"),
+    [
+        ("tls://dns.quad9.net@9.9.9.9", "9.9.9.9", 853, "tls", "dns.quad9.net", "", "tls://dns.quad9.net@9.9.9.9"),
+        ("tls://dns.quad9.net", "", 853, "tls", "dns.quad9.net", "", "tls://dns.quad9.net"),
+        ("TLS://Dns.Example:8853", "", 8853, "tls", "dns.example", "", "tls://dns.example:8853"),
+        ("tls://1.1.1.1", "1.1.1.1", 853, "tls", "1.1.1.1", "", "tls://1.1.1.1"),
+        (
+            "tls://dns.example@[2001:db8::1]",
+            "2001:db8::1",
+            853,
+            "tls",
+            "dns.example",
+            "",
+            "tls://dns.example@2001:db8::1",
+        ),
+        (
+            "https://dns.quad9.net/dns-query@9.9.9.9",
+            "9.9.9.9",
+            443,
+            "https",
+            "dns.quad9.net",
+            "/dns-query",
+            "https://dns.quad9.net/dns-query@9.9.9.9",
+        ),
+        ("https://doh.example:8443/q", "", 8443, "https", "doh.example", "/q", "https://doh.example:8443/q"),
+    ],
+)
+def test_parses(text: str, host: str, port: int, scheme: str, name: str, path: str, label: str) -> None:
+    up = parse_upstream_url(text)
+    assert (up.host, up.port, up.scheme, up.server_name, up.path) == (host, port, scheme, name, path)
+    assert str(up) == label  # the metrics' `upstream` label
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("tls://", "needs a server name"),
+        ("tls://dns.example/dns-query", "a tls:// upstream has no path"),
+        ("https://dns.example", "needs its path"),
+        ("https://dns.example/", "needs its path"),
+        ("https://dns.example/q?x=1", "not a plain URL path"),
+        ("tls://dns.example@dns.other", "after @ is not an IP address"),
+        ("tls://dns.example:0", "is not a number in 1-65535"),
+        ("tls://dns.example:99999", "is not a number in 1-65535"),
+        ("tls://bad_name!", "is not a host name"),
+    ],
+)
+def test_rejects(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_upstream_url(text)
+
+
+def test_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    text = """dns:
+  listen: [127.0.0.1]
+  upstreams:
+    - 192.0.2.1
+    - quic://dns.example
+    - https://dns.example
+  tls_listen: [127.0.0.1]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "filterd.yaml")
+    assert info.value.problems == [
+        "filterd.yaml:5: dns.upstreams[1]: 'quic://dns.example': the scheme must be tls:// or https:// "
+        "(or none: host[:port])",
+        "filterd.yaml:6: dns.upstreams[2]: 'https://dns.example': an https:// upstream needs its path, usually "
+        "/dns-query (e.g. https://dns.quad9.net/dns-query@9.9.9.9)",
+    ]
+
+
+def test_served_encrypted_dns_needs_a_certificate(tmp_path: Path) -> None:
+    text = "dns:\n  listen: [127.0.0.1]\n  upstreams: [192.0.2.1]\n  tls_listen: [127.0.0.1]\n"
+    text += "  https_listen: [127.0.0.1:8443]\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml")
+    assert info.value.problems == [
+        "f.yaml:4: dns.tls_listen: needs a certificate: set tls.cert and tls.key (PEM files)",
+        "f.yaml:5: dns.https_listen: needs a certificate: set tls.cert and tls.key (PEM files)",
+    ]
+    missing = text + f"tls:\n  cert: {tmp_path / 'cert.pem'}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(missing, "f.yaml")
+    assert info.value.problems == [
+        f"f.yaml:7: tls.cert: no such file: {tmp_path / 'cert.pem'}",
+        "f.yaml:7: tls.key: is required (a PEM file), e.g. /etc/filterd/tls/key.pem",
+    ]
+
+
+def test_full_encrypted_config(tmp_path: Path) -> None:
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("PEM")
+    config = parse_config(
+        """dns:
+  listen: [127.0.0.1]
+  upstreams: ["tls://dns.quad9.net@9.9.9.9", "https://dns.google/dns-query"]
+  bootstrap: [192.0.2.53]
+  upstream_ca_file: ca.pem
+  tls_listen: [127.0.0.1]
+  https_listen: ["[::1]"]
+tls: {cert: cert.pem, key: key.pem}
+""",
+        "f.yaml",
+        base_dir=tmp_path,
+    )
+    assert all(isinstance(u, EncryptedUpstream) for u in config.dns.upstreams)
+    assert [str(e) for e in config.dns.bootstrap] == ["192.0.2.53:53"]
+    assert config.dns.upstream_ca_file == tmp_path / "ca.pem"
+    assert [str(e) for e in config.dns.tls_listen] == ["127.0.0.1:853"]
+    assert [str(e) for e in config.dns.https_listen] == ["[::1]:443"]
+    assert config.tls is not None and config.tls.key == tmp_path / "key.pem"
+
+
+def test_bootstrap_is_never_filterd_itself() -> None:
+    text = "dns:\n  listen: [127.0.0.1]\n  upstreams: [tls://dns.example]\n  bootstrap: [127.0.0.1, 192.0.2.53]\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml")
+    assert info.value.problems == ["f.yaml:4: dns.bootstrap: 127.0.0.1:53 is filterd itself: list plain resolvers"]
+
+
+def test_an_unpinned_name_needs_a_plain_resolver(tmp_path: Path) -> None:
+    from filterd.app import StartupError, resolve_upstreams
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")  # only filterd itself
+    lone = parse_config("dns:\n  listen: [127.0.0.1]\n  upstreams: [tls://dns.example]\n", "f.yaml")
+    with pytest.raises(StartupError, match=r"set dns.bootstrap, e.g. \[9.9.9.9\], or pin the address"):
+        resolve_upstreams(lone, resolv)
+    pinned = parse_config("dns:\n  listen: [127.0.0.1]\n  upstreams: [tls://dns.example@192.0.2.1]\n", "f.yaml")
+    assert [str(u) for u in resolve_upstreams(pinned, resolv)] == ["tls://dns.example@192.0.2.1"]
+    resolv.write_text("nameserver 192.0.2.53\n")
+    assert resolve_upstreams(lone, resolv) == lone.dns.upstreams  # resolv.conf's resolver is the bootstrap
