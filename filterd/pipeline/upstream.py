@@ -1,7 +1,8 @@
 """UpstreamResolver: the end of the chain; forwards a query to the upstreams in order and relays the answer.
 
-Each exchange uses a fresh random ID and a fresh socket (so a fresh random source port); a reply whose ID or
-question does not match is ignored and we keep listening until the deadline (RFC 5452). On a timeout,
+Each exchange uses a fresh random ID on one of the upstream's kept sockets, each on its own random source port
+and retired after a few hundred queries (`filterd/upstreams/udp.py`); a reply whose ID or question does not
+match is ignored and we keep listening until the deadline (RFC 5452). On a timeout,
 SERVFAIL, REFUSED, network error or a reply `parse_response` cannot read (counted as `mismatch`) the next
 upstream is tried; all of them share one `dns.timeout`.
 Identical queries in flight are merged into one upstream exchange (RFC 5452 section 5). Queries under a
@@ -18,6 +19,7 @@ import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from filterd.config.schema import EncryptedUpstream, Endpoint
 from filterd.dns import wire
@@ -27,6 +29,7 @@ from filterd.pipeline.base import SERVFAIL_REASON, Answer, Decision, Query
 from filterd.pipeline.upstream_health import UpstreamHealth
 from filterd.upstreams.errors import UpstreamError
 from filterd.upstreams.pool import EncryptedUpstreams
+from filterd.upstreams.udp import UdpPool
 
 __all__ = ["UpstreamError", "UpstreamResolver", "exchange_tcp", "exchange_udp", "upstreams_for"]
 
@@ -167,6 +170,10 @@ class UpstreamResolver:
             raise ValueError("encrypted upstreams need their clients (EncryptedUpstreams)")
         self.health.probe = self.exchange
         self._inflight: dict[MergeKey, asyncio.Future[_Outcome]] = {}
+        #: The kept UDP sockets of each plain upstream (`filterd/upstreams/udp.py`), made at first use.
+        self._pools: dict[Endpoint, UdpPool] = {}
+        #: Each upstream's latency histogram (a `labels()` lookup costs more than the observation)
+        self._durations: dict[str, Any] = {}
 
     def upstreams_for(self, qname: str) -> tuple[Endpoint, ...]:
         return upstreams_for(qname, self.zones, self.upstreams)
@@ -179,14 +186,16 @@ class UpstreamResolver:
             pending = asyncio.get_running_loop().create_future()
             self._inflight[key] = pending
             try:
-                pending.set_result(await self._forward(q))
+                outcome = await self._forward(q)
+                pending.set_result(outcome)
             except BaseException as exc:
                 pending.set_exception(exc)
                 pending.exception()  # mark retrieved: the waiters below get it too
                 raise
             finally:
                 del self._inflight[key]
-        outcome = await asyncio.shield(pending)
+        else:
+            outcome = await asyncio.shield(pending)  # the same question already on its way: its answer
         if outcome.response is not None:
             return Answer(render(outcome.response, q), Decision.FORWARDED, outcome.upstream, outcome.response)
         kinds = outcome.failures
@@ -223,7 +232,10 @@ class UpstreamResolver:
                 failures.append(kind)
                 self.metrics.upstream_errors.labels(upstream=label, kind=kind).inc()
                 continue
-            self.metrics.upstream_duration.labels(upstream=label).observe(time.perf_counter() - started)
+            duration = self._durations.get(label)
+            if duration is None:
+                duration = self._durations[label] = self.metrics.upstream_duration.labels(upstream=label)
+            duration.observe(time.perf_counter() - started)
             return _Outcome(response, label, ())
         return _Outcome(None, "", tuple(failures))
 
@@ -240,9 +252,15 @@ class UpstreamResolver:
             return await self.encrypted.exchange(upstream, packet, question, timeout)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        data, mismatches = await exchange_udp(upstream, packet, question, timeout)
-        if mismatches:
-            self.metrics.upstream_errors.labels(upstream=str(upstream), kind="mismatch").inc(mismatches)
+        pool = self._pools.get(upstream)
+        if pool is None:
+            pool = self._pools[upstream] = UdpPool(upstream.host, upstream.port)
+        try:
+            data = await pool.exchange(packet, question, timeout)
+        finally:
+            if pool.mismatches != pool.reported:
+                new, pool.reported = pool.mismatches - pool.reported, pool.mismatches
+                self.metrics.upstream_errors.labels(upstream=str(upstream), kind="mismatch").inc(new)
         if data[2] & 0x02:  # TC: the answer did not fit; ask again over TCP
             left = timeout - (loop.time() - started)
             data = await exchange_tcp(upstream, packet, question, max(left, 0.05))
@@ -253,5 +271,8 @@ class UpstreamResolver:
 
     async def stop(self) -> None:
         await self.health.stop()
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
         if self.encrypted is not None:
             await self.encrypted.close()
