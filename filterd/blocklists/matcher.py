@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from filterd.blocklists.parse import ParsedList
 from filterd.blocklists.rules import RuleHit, RuleSet
@@ -41,8 +41,7 @@ class ListSource:
     parsed: ParsedList
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class Match(NamedTuple):
     """Why a name is blocked: the list, the listed name that matched and where it is in that list."""
 
     list: str  # list name

@@ -8,7 +8,7 @@ raises anything but `WireError` on hostile input.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Header flag bits (RFC 1035 4.1.1, RFC 4035 3.2).
 QR = 0x8000
@@ -55,8 +55,7 @@ class WireError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Edns:
+class Edns(NamedTuple):
     udp_size: int
     do: bool
     version: int
@@ -64,8 +63,7 @@ class Edns:
     options: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Question:
+class Question(NamedTuple):
     """One parsed query: what every stage needs, read without dnslib."""
 
     id: int

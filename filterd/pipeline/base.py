@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from filterd.dns.response import Response
 from filterd.dns.wire import Question
@@ -49,8 +49,7 @@ class Query:
     received: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     wire: bytes
     decision: Decision
     #: Short and bounded: a list name, an upstream, a rule; for logs and `filterd check`.
