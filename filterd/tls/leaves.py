@@ -157,9 +157,11 @@ class Certificates:
     def close(self) -> None:
         self._folder.cleanup()
 
-    def server_context(self, client_ip: str | None) -> ssl.SSLContext:
+    def server_context(self, client_ip: str | None, send_alert: Callable[[int], None] | None = None) -> ssl.SSLContext:
         """The TLS context for one connection from `client_ip`: it holds no certificate of its own, and its SNI
-        callback switches to the leaf for the name asked (or ends the handshake with an alert)."""
+        callback switches to the leaf for the name asked (or ends the handshake with an alert). `send_alert`, if
+        given, is called with the alert's description first: asyncio's TLS transport closes a failed handshake
+        without sending what OpenSSL wrote, so the listener sends the alert itself."""
         context = _tls_context()
 
         def on_sni(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: ssl.SSLContext) -> int | None:
@@ -167,7 +169,10 @@ class Certificates:
             self.count(result)
             if leaf is None:
                 failed = result == ERROR
-                return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR if failed else ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+                alert = ssl.ALERT_DESCRIPTION_INTERNAL_ERROR if failed else ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+                if send_alert is not None:
+                    send_alert(alert)
+                return alert
             sock.context = leaf
             return None
 
