@@ -169,6 +169,11 @@ def rotate(folder: Path, name: str | None, switch_at: dt.datetime, now: dt.datet
     if switch_at <= now:
         raise CaError(f"the switch date {switch_at:%Y-%m-%d} is not in the future")
     authority = load(folder)
+    ends = authority.current.cert.not_valid_after_utc
+    if switch_at >= ends:  # the old CA would stop signing (its leaves end with it) before the new one starts
+        raise CaError(
+            f"the switch date {switch_at:%Y-%m-%d} is after the CA in use ends ({ends:%Y-%m-%d}): pick one before"
+        )
     if authority.next is not None:
         assert authority.switch_at is not None
         if now < authority.switch_at:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import socket
 import ssl
 import stat
@@ -181,21 +182,25 @@ def test_the_ca_key_is_private_and_never_overwritten(tmp_path: Path, state_dir: 
     assert x509.load_der_x509_certificate(der.stdout) == x509.load_pem_x509_certificate(exported.stdout)
 
 
-def test_a_rotation_is_picked_up_by_a_reload(server: RunningFilterd, state_dir: Path, tmp_path: Path) -> None:
+def test_a_rotation_is_picked_up_by_a_reload(
+    server: RunningFilterd, state_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     bad = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "next week")
     assert bad.returncode == 2 and b"--until 'next week' is not a date like 2027-01-31" in bad.stderr
     past = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "2020-01-01")
     assert past.returncode == 1 and b"the switch date 2020-01-01 is not in the future" in past.stderr
-    done = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "2099-01-01")
+    done = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "2030-01-01")
     assert done.returncode == 0, done.stderr.decode()
-    assert b"it signs from 2099-01-01 00:00 UTC" in done.stdout
+    assert b"it signs from 2030-01-01 00:00 UTC" in done.stdout
     assert server.app is not None
     result = asyncio.run_coroutine_threadsafe(server.app.reload(), server.loop).result(30)
     assert result["ok"], result
+    assert "reload: blockpage.https: the new local CA " in caplog.text and "signs from 2030-01-01" in caplog.text
     exported = filterd_command(tmp_path / "ca.yaml", "ca", "export").stdout  # the new CA, for devices
     assert exported == (state_dir / "ca" / "next.pem").read_bytes()
     assert server.app.certificates is not None and server.app.certificates.authority.next is not None
-    _, cert = fetch(server, "omegle.com", trusting(state_dir))  # until 2099 the old CA still signs
+    _, cert = fetch(server, "omegle.com", trusting(state_dir))  # until 2030 the old CA still signs
     assert "Test School filter" in cert.issuer.rfc4514_string()
 
 

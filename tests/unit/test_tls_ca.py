@@ -107,6 +107,15 @@ def test_a_switch_date_in_the_past_is_refused(tmp_path: Path) -> None:
     assert not (folder / "next.pem").exists()
 
 
+def test_a_switch_date_after_the_current_ca_ends_is_refused(tmp_path: Path) -> None:
+    """Until the switch the old CA signs, and its leaves end when it does: a later date leaves a gap."""
+    folder = tmp_path / "ca"
+    ca.init(folder, "Test CA", NOW)
+    with pytest.raises(ca.CaError, match=r"is after the CA in use ends \(2036-11-28\): pick one before"):
+        ca.rotate(folder, None, NOW + dt.timedelta(days=3650), NOW)
+    assert not (folder / "next.pem").exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user (`sudo filterd ca init`)")
 def test_run_as_root_the_ca_belongs_to_the_state_dirs_owner(tmp_path: Path) -> None:
     """`sudo filterd ca init`: the service user (who owns state_dir) must read the key; root keeps nothing."""
