@@ -24,6 +24,7 @@ import datetime as dt
 import ipaddress
 import os
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -153,9 +154,26 @@ class Certificates:
         fd = os.open(self._key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(key_pem(self.key))
+        self._unraisable = sys.unraisablehook
+        sys.unraisablehook = self._bad_sni
 
     def close(self) -> None:
+        if sys.unraisablehook == self._bad_sni:
+            sys.unraisablehook = self._unraisable
         self._folder.cleanup()
+
+    def _bad_sni(self, unraisable: sys.UnraisableHookArgs) -> None:
+        """An SNI name that is not ASCII never reaches `on_sni`: Python's ssl fails to decode it, prints the
+        traceback to stderr as "Exception ignored" and ends the handshake. One a connection would let anyone
+        flood the log; it is not a host name filterd blocks, so it is counted as one and said nowhere."""
+        last = unraisable.exc_traceback
+        while last is not None and last.tb_next is not None:
+            last = last.tb_next
+        in_ssl = last is not None and Path(last.tb_frame.f_code.co_filename).name == "ssl.py"
+        if in_ssl and unraisable.exc_type is UnicodeDecodeError and isinstance(unraisable.object, bytes):
+            self.count(NOT_BLOCKED)
+            return
+        self._unraisable(unraisable)
 
     def server_context(self, client_ip: str | None, send_alert: Callable[[int], None] | None = None) -> ssl.SSLContext:
         """The TLS context for one connection from `client_ip`: it holds no certificate of its own, and its SNI

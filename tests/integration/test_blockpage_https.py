@@ -153,6 +153,20 @@ def test_an_allowed_name_gets_no_certificate(server: RunningFilterd) -> None:
     assert server.metric("filterd_blockpage_certificates_total", result="minted") == 0
 
 
+def test_a_name_that_is_not_ascii_is_refused_quietly(server: RunningFilterd, capfd: pytest.CaptureFixture[str]) -> None:
+    """Python's ssl cannot decode it and would print a traceback per handshake: one line of log per packet."""
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{https_port(server)}", "-servername", "\u00e9.omegle.com"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    assert b"peer certificate" in done.stdout and b"BEGIN CERTIFICATE" not in done.stdout  # "no peer certificate"
+    assert server.metric("filterd_blockpage_certificates_total", result="not_blocked") == 1
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
 def test_a_name_allowed_for_the_clients_group_gets_no_certificate(server: RunningFilterd, state_dir: Path) -> None:
     """omegle.com is allowed for the staff group (127.0.0.2): its DNS gets the real address, and a handshake
     from there naming it gets an alert; a client outside the group gets the certificate."""
