@@ -1014,6 +1014,12 @@ class App:
         except tls_ca.CaError as exc:
             log.error("reload: blockpage.https: %s; the CA in use stays", exc)
             return
+        if authority.next is not None:  # said at each reload while a rotation is pending
+            log.info(
+                "reload: blockpage.https: the new local CA %s signs from %s",
+                authority.next.fingerprint,
+                authority.switch_at,
+            )
         self.certificates.authority = authority
 
     def _warn_about_sinkhole(self) -> None:

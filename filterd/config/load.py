@@ -983,6 +983,8 @@ def parse_config(text: str, source: str, base_dir: Path | None = None, *, check_
     tls = _tls(keys["tls"], p, base) if "tls" in keys and keys["tls"].value is not None else None
     if dns is not None and "tls" not in keys:
         _check_served_tls(keys["dns"], dns, p)
+    if dns is not None and blockpage is not None and blockpage.https is not None:
+        _check_https_ports(keys["blockpage"], dns, blockpage.https.listen, p)
     if p.items or dns is None or blocking is None or cache is None or lists is None or allow is None:
         raise ConfigError(p.in_line_order())
     assert groups is not None and schedules is not None and dhcp_leases is not None  # else p.items
@@ -1360,6 +1362,23 @@ def _tls(node: _Node, p: _Problems, base_dir: Path) -> TlsConfig | None:
     if len(paths) < 2:
         return None
     return TlsConfig(cert=paths["cert"], key=paths["key"])
+
+
+def _check_https_ports(page_node: _Node, dns: DnsConfig, https: tuple[Endpoint, ...], p: _Problems) -> None:
+    """The HTTPS block page and DoH cannot share an address and port: one socket, one TLS server."""
+    https_node = page_node.value["https"]
+    line = https_node.value["listen"].line if isinstance(https_node.value, dict) else https_node.line
+    for page in https:
+        for doh in dns.https_listen:
+            if page.port != doh.port or page.port == 0 or (":" in page.host) != (":" in doh.host):
+                continue
+            if page.host == doh.host or page.is_wildcard or doh.is_wildcard:
+                p.add(
+                    line,
+                    "blockpage.https.listen",
+                    f"{page} overlaps dns.https_listen {doh}: the block page and DNS over HTTPS need an address or "
+                    "port each (e.g. DoH on the filter's own address, the page on the sinkhole address)",
+                )
 
 
 def _check_served_tls(dns_node: _Node, dns: DnsConfig, p: _Problems) -> None:

@@ -140,10 +140,10 @@ def ca_dir(state_dir: Path) -> Path:
 
 def load(folder: Path) -> Authority:
     """The CA in `folder` (and a pending rotation's), checked: each key matches its certificate."""
-    if not (folder / "ca.pem").exists():
+    if not _exists(folder / "ca.pem"):
         raise CaError(f"no local CA in {folder}: create one with `filterd ca init` (then install it on devices)")
     current = _read(folder, "ca")
-    if not (folder / "next.pem").exists():
+    if not _exists(folder / "next.pem"):
         return Authority(current)
     switch = _read_switch(folder / "next.switch")
     return Authority(current, _read(folder, "next"), switch)
@@ -151,7 +151,7 @@ def load(folder: Path) -> Authority:
 
 def init(folder: Path, name: str, now: dt.datetime) -> LocalCa:
     """Create the CA; refuses when one exists (devices trust it: replacing it would break them all)."""
-    if (folder / "ca.pem").exists() or (folder / "ca.key").exists():
+    if _exists(folder / "ca.pem") or _exists(folder / "ca.key"):
         raise CaError(
             f"a local CA exists already in {folder}: refusing to overwrite it (every device that trusts it would "
             "break); `filterd ca export` prints it, `filterd ca rotate` replaces it gradually"
@@ -169,6 +169,11 @@ def rotate(folder: Path, name: str | None, switch_at: dt.datetime, now: dt.datet
     if switch_at <= now:
         raise CaError(f"the switch date {switch_at:%Y-%m-%d} is not in the future")
     authority = load(folder)
+    ends = authority.current.cert.not_valid_after_utc
+    if switch_at >= ends:  # the old CA would stop signing (its leaves end with it) before the new one starts
+        raise CaError(
+            f"the switch date {switch_at:%Y-%m-%d} is after the CA in use ends ({ends:%Y-%m-%d}): pick one before"
+        )
     if authority.next is not None:
         assert authority.switch_at is not None
         if now < authority.switch_at:
@@ -198,6 +203,16 @@ def _complete(folder: Path, authority: Authority) -> None:
         os.replace(folder / f"ca.{kind}", retired / f"ca-{stamp}.{kind}")
         os.replace(folder / f"next.{kind}", folder / f"ca.{kind}")
     (folder / "next.switch").unlink()
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists(), but a folder this user may not enter (state_dir/ca is 0700, the filterd user's) is said."""
+    try:
+        return path.exists()
+    except PermissionError:
+        raise CaError(
+            f"{path.parent}: permission denied: run this as the filterd user or root (`sudo -u filterd filterd ca ...`)"
+        ) from None
 
 
 def _read(folder: Path, stem: str) -> LocalCa:

@@ -24,6 +24,7 @@ import datetime as dt
 import ipaddress
 import os
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -62,9 +63,11 @@ class LeafLimits:
     #: New leaves a second per client address, and at most `client_burst` at once (a page's blocked names).
     client_rate: float = 2.0
     client_burst: float = 30.0
-    #: New leaves a second for all clients together.
+    #: New leaves a second for all clients together, and at most `total_burst` at once: minting runs on the event
+    #: loop (about 1.3 ms each on an x86 core, several times that on a Raspberry Pi), so a burst of new names from
+    #: many addresses stalls DNS for burst x that (200 measured 440 ms; 50 bounds it near 100 ms).
     total_rate: float = 50.0
-    total_burst: float = 200.0
+    total_burst: float = 50.0
 
 
 def mint_leaf(
@@ -153,13 +156,32 @@ class Certificates:
         fd = os.open(self._key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(key_pem(self.key))
+        self._unraisable = sys.unraisablehook
+        sys.unraisablehook = self._bad_sni
 
     def close(self) -> None:
+        if sys.unraisablehook == self._bad_sni:
+            sys.unraisablehook = self._unraisable
         self._folder.cleanup()
 
-    def server_context(self, client_ip: str | None) -> ssl.SSLContext:
+    def _bad_sni(self, unraisable: sys.UnraisableHookArgs) -> None:
+        """An SNI name that is not ASCII never reaches `on_sni`: Python's ssl fails to decode it, prints the
+        traceback to stderr as "Exception ignored" and ends the handshake. One a connection would let anyone
+        flood the log; it is not a host name filterd blocks, so it is counted as one and said nowhere."""
+        last = unraisable.exc_traceback
+        while last is not None and last.tb_next is not None:
+            last = last.tb_next
+        in_ssl = last is not None and Path(last.tb_frame.f_code.co_filename).name == "ssl.py"
+        if in_ssl and unraisable.exc_type is UnicodeDecodeError and isinstance(unraisable.object, bytes):
+            self.count(NOT_BLOCKED)
+            return
+        self._unraisable(unraisable)
+
+    def server_context(self, client_ip: str | None, send_alert: Callable[[int], None] | None = None) -> ssl.SSLContext:
         """The TLS context for one connection from `client_ip`: it holds no certificate of its own, and its SNI
-        callback switches to the leaf for the name asked (or ends the handshake with an alert)."""
+        callback switches to the leaf for the name asked (or ends the handshake with an alert). `send_alert`, if
+        given, is called with the alert's description first: asyncio's TLS transport closes a failed handshake
+        without sending what OpenSSL wrote, so the listener sends the alert itself."""
         context = _tls_context()
 
         def on_sni(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: ssl.SSLContext) -> int | None:
@@ -167,7 +189,10 @@ class Certificates:
             self.count(result)
             if leaf is None:
                 failed = result == ERROR
-                return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR if failed else ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+                alert = ssl.ALERT_DESCRIPTION_INTERNAL_ERROR if failed else ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+                if send_alert is not None:
+                    send_alert(alert)
+                return alert
             sock.context = leaf
             return None
 

@@ -24,6 +24,9 @@ from filterd.tls.leaves import Certificates
 
 log = logging.getLogger(__name__)
 
+#: A TLS record of type alert, and an alert's level fatal (RFC 8446 5.1, 6).
+_ALERT = 21
+_FATAL = 2
 #: Seconds a client has to finish the TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
 #: Handshakes in progress at once, for all clients and for one client address.
@@ -81,7 +84,7 @@ class HttpsListener:
     async def _handshake(self, conn: socket.socket, client: str) -> None:
         server = self.runner.server
         assert server is not None
-        context = self.certificates.server_context(client)
+        context = self.certificates.server_context(client, lambda description: send_alert(conn, description))
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 server, conn, ssl=context, ssl_handshake_timeout=self.handshake_timeout
@@ -101,3 +104,11 @@ class HttpsListener:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.sock.close()
+
+
+def send_alert(conn: socket.socket, description: int) -> None:
+    """A fatal TLS alert record, in clear (no keys exist yet: it answers the ClientHello), byte for byte what
+    OpenSSL writes for the SNI callback's alert; asyncio's TLS transport would close the connection without it,
+    and the client would see only an EOF instead of why (`unrecognized name`)."""
+    with contextlib.suppress(OSError):  # a client already gone: nothing to tell
+        conn.send(bytes((_ALERT, 3, 3, 0, 2, _FATAL, description)))

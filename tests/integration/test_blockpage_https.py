@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import socket
 import ssl
 import stat
@@ -144,7 +145,7 @@ def test_an_allowed_name_gets_no_certificate(server: RunningFilterd) -> None:
     for name in ["example.org", None]:  # an allowed name, and no name (https://127.0.0.1/)
         with (
             socket.create_connection(("127.0.0.1", https_port(server)), timeout=5) as raw,
-            pytest.raises(ssl.SSLError),
+            pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"),  # the alert, not a bare EOF
         ):
             anything.wrap_socket(raw, server_hostname=name)
     assert server.metric("filterd_blockpage_certificates_total", result="not_blocked") == 1
@@ -152,12 +153,26 @@ def test_an_allowed_name_gets_no_certificate(server: RunningFilterd) -> None:
     assert server.metric("filterd_blockpage_certificates_total", result="minted") == 0
 
 
+def test_a_name_that_is_not_ascii_is_refused_quietly(server: RunningFilterd, capfd: pytest.CaptureFixture[str]) -> None:
+    """Python's ssl cannot decode it and would print a traceback per handshake: one line of log per packet."""
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{https_port(server)}", "-servername", "\u00e9.omegle.com"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    assert b"peer certificate" in done.stdout and b"BEGIN CERTIFICATE" not in done.stdout  # "no peer certificate"
+    assert server.metric("filterd_blockpage_certificates_total", result="not_blocked") == 1
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
 def test_a_name_allowed_for_the_clients_group_gets_no_certificate(server: RunningFilterd, state_dir: Path) -> None:
     """omegle.com is allowed for the staff group (127.0.0.2): its DNS gets the real address, and a handshake
     from there naming it gets an alert; a client outside the group gets the certificate."""
     with (
         socket.create_connection(("127.0.0.1", https_port(server)), timeout=5, source_address=("127.0.0.2", 0)) as raw,
-        pytest.raises(ssl.SSLError),
+        pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"),
     ):
         trusting(state_dir).wrap_socket(raw, server_hostname="omegle.com")
     assert server.metric("filterd_blockpage_certificates_total", result="not_blocked") == 1
@@ -181,21 +196,25 @@ def test_the_ca_key_is_private_and_never_overwritten(tmp_path: Path, state_dir: 
     assert x509.load_der_x509_certificate(der.stdout) == x509.load_pem_x509_certificate(exported.stdout)
 
 
-def test_a_rotation_is_picked_up_by_a_reload(server: RunningFilterd, state_dir: Path, tmp_path: Path) -> None:
+def test_a_rotation_is_picked_up_by_a_reload(
+    server: RunningFilterd, state_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     bad = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "next week")
     assert bad.returncode == 2 and b"--until 'next week' is not a date like 2027-01-31" in bad.stderr
     past = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "2020-01-01")
     assert past.returncode == 1 and b"the switch date 2020-01-01 is not in the future" in past.stderr
-    done = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "2099-01-01")
+    done = filterd_command(tmp_path / "ca.yaml", "ca", "rotate", "--until", "2030-01-01")
     assert done.returncode == 0, done.stderr.decode()
-    assert b"it signs from 2099-01-01 00:00 UTC" in done.stdout
+    assert b"it signs from 2030-01-01 00:00 UTC" in done.stdout
     assert server.app is not None
     result = asyncio.run_coroutine_threadsafe(server.app.reload(), server.loop).result(30)
     assert result["ok"], result
+    assert "reload: blockpage.https: the new local CA " in caplog.text and "signs from 2030-01-01" in caplog.text
     exported = filterd_command(tmp_path / "ca.yaml", "ca", "export").stdout  # the new CA, for devices
     assert exported == (state_dir / "ca" / "next.pem").read_bytes()
     assert server.app.certificates is not None and server.app.certificates.authority.next is not None
-    _, cert = fetch(server, "omegle.com", trusting(state_dir))  # until 2099 the old CA still signs
+    _, cert = fetch(server, "omegle.com", trusting(state_dir))  # until 2030 the old CA still signs
     assert "Test School filter" in cert.issuer.rfc4514_string()
 
 

@@ -196,3 +196,36 @@ def test_every_blockpage_error_is_reported_at_once() -> None:
             colour: red
         """)
     assert sorted(p.split(":")[1] for p in found) == ["4", "5", "7", "8"], found
+
+
+@pytest.mark.parametrize(
+    ("doh", "page", "clash"),
+    [
+        ("192.168.1.2", "192.168.1.2", True),  # both on 192.168.1.2:443
+        ("0.0.0.0", "192.168.1.2", True),  # a wildcard holds every address's 443
+        ("192.168.1.2", "0.0.0.0:443", True),
+        ("192.168.1.3", "192.168.1.2", False),  # the filter's own address and the sinkhole's
+        ("192.168.1.2:8443", "192.168.1.2", False),
+        ("'[::]'", "192.168.1.2", False),  # another family
+    ],
+)
+def test_the_https_page_and_doh_cannot_share_an_address_and_port(doh: str, page: str, clash: bool) -> None:
+    """Both default to port 443: on one address, the second listener would fail to bind at start (and name
+    filterd itself as the port's holder); the loader says which keys clash, at the block page's line."""
+    text = f"""\
+        dns:
+          listen: [127.0.0.1]
+          https_listen: [{doh}]
+        tls: {{cert: c.pem, key: c.key}}
+        blockpage:
+          listen: [192.168.1.2]
+          https: {{mode: local-ca, listen: [{page}]}}
+        """
+    if not clash:
+        assert parse_config(textwrap.dedent(text), "f.yaml", check_files=False).blockpage is not None
+        return
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), "f.yaml", check_files=False)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("f.yaml:7: blockpage.https.listen: ")
+    assert "overlaps dns.https_listen" in info.value.problems[0]

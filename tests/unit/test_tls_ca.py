@@ -70,6 +70,24 @@ def test_no_ca_says_how_to_make_one(tmp_path: Path) -> None:
         ca.load(tmp_path / "ca")
 
 
+def test_a_folder_this_user_may_not_enter_is_said_not_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`filterd ca export` by an admin's own account: the 0700 folder is the filterd user's. Not "no local CA:
+    create one" (nor a traceback): who may read it. (Simulated: the tests run as root, who may enter anything.)"""
+    folder = tmp_path / "ca"
+    ca.init(folder, "Test CA", NOW)
+    real_stat = Path.stat
+
+    def stat(self: Path, **kwargs: bool) -> os.stat_result:
+        if self.parent == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    for action in (lambda: ca.load(folder), lambda: ca.init(folder, "Again", NOW)):
+        with pytest.raises(ca.CaError, match=r"ca: permission denied: run this as the filterd user or root"):
+            action()
+
+
 def test_rotation_signs_with_the_old_ca_until_its_date_then_the_new(tmp_path: Path) -> None:
     folder = tmp_path / "ca"
     old = ca.init(folder, "Test CA", NOW)
@@ -104,6 +122,15 @@ def test_a_switch_date_in_the_past_is_refused(tmp_path: Path) -> None:
     ca.init(folder, "Test CA", NOW)
     with pytest.raises(ca.CaError, match="not in the future"):
         ca.rotate(folder, None, NOW - dt.timedelta(days=1), NOW)
+    assert not (folder / "next.pem").exists()
+
+
+def test_a_switch_date_after_the_current_ca_ends_is_refused(tmp_path: Path) -> None:
+    """Until the switch the old CA signs, and its leaves end when it does: a later date leaves a gap."""
+    folder = tmp_path / "ca"
+    ca.init(folder, "Test CA", NOW)
+    with pytest.raises(ca.CaError, match=r"is after the CA in use ends \(2036-11-28\): pick one before"):
+        ca.rotate(folder, None, NOW + dt.timedelta(days=3650), NOW)
     assert not (folder / "next.pem").exists()
 
 
