@@ -122,7 +122,9 @@ def test_an_unreadable_reply_fails_over_to_the_next_upstream(start_filterd: Star
         good.stop()
 
 
-def test_upstream_queries_use_random_ids_and_spread_over_ports(start_filterd: Start, fake_upstream: FakeUpstream) -> None:
+def test_upstream_queries_use_random_ids_and_spread_over_ports(
+    start_filterd: Start, fake_upstream: FakeUpstream
+) -> None:
     server = _start(start_filterd, fake_upstream.address)
     for i in range(8):
         q = dns.message.make_query(f"n{i}.example.com", "A")
