@@ -112,6 +112,24 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
             assert 'instance=~"$instance"' in target["expr"], panel["title"]
 
 
+def test_a_percent_panel_shows_only_ratios() -> None:
+    """A panel in percent shows shares (an expression with a `/`), or names the series it shows otherwise: a
+    rate drawn as a percentage (0.5 stale answers a second as 50%) misleads."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in (p for p in dashboard["panels"] if p["type"] != "row"):
+        config = panel.get("fieldConfig", {})
+        if config.get("defaults", {}).get("unit") != "percentunit":
+            continue
+        overridden = {
+            o["matcher"]["options"]
+            for o in config.get("overrides", [])
+            if o["matcher"]["id"] == "byName" and any(prop["id"] == "unit" for prop in o["properties"])
+        }
+        for target in panel["targets"]:
+            if target.get("legendFormat") not in overridden:
+                assert "/" in target["expr"], f"{panel['title']}: {target['expr']} shown as a percentage"
+
+
 @pytest.fixture
 def scraped(start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, tmp_path: Path) -> RunningFilterd:
     """A filterd with everything the dashboard shows switched on: a url list (its server is down), the query log,
