@@ -33,15 +33,21 @@ def is_local_address(host: str) -> bool:
     return True
 
 
+#: Docker's embedded DNS, the nameserver of a container on a user-defined network (compose's): the container's own
+#: firewall sends its port 53 on to Docker's resolver, so a wildcard listen on port 53 never receives it.
+DOCKER_DNS = "127.0.0.11"
+
+
 def is_self(upstream: Endpoint, listen: Sequence[Endpoint], is_local: Callable[[str], bool] = is_local_address) -> bool:
-    """An upstream that is one of our own listeners (a wildcard listen counts as every local address)."""
+    """An upstream that is one of our own listeners (a wildcard listen counts as every local address but Docker's
+    embedded DNS)."""
     for ep in listen:
         if ep.port != upstream.port:
             continue
         if ep.host == upstream.host:
             return True
         same_family = (":" in ep.host) == (":" in upstream.host)
-        if ep.is_wildcard and same_family and is_local(upstream.host):
+        if ep.is_wildcard and same_family and upstream.host != DOCKER_DNS and is_local(upstream.host):
             return True
     return False
 

@@ -47,6 +47,8 @@ class Query:
     group: Group | None = None
     #: When the query arrived (time.perf_counter()), set only while the query log needs answer times.
     received: float = 0.0
+    #: False: a load balancer's own health check (a LOCAL PROXY header), kept out of the query log and alerts.
+    logged: bool = True
 
 
 class Answer(NamedTuple):

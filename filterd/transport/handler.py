@@ -33,7 +33,11 @@ class QueryHandler:
         self.fast: PacketCache | None = PacketCache.of(pipeline)
         self._fast_for = pipeline
 
-    def handle(self, data: bytes, client_ip: str, protocol: str) -> bytes | Awaitable[bytes | None] | None:
+    def handle(
+        self, data: bytes, client_ip: str, protocol: str, logged: bool = True
+    ) -> bytes | Awaitable[bytes | None] | None:
+        """`logged` False: a load balancer's own health check (`proxy.py`), counted but kept out of the query log
+        and the safeguarding alerts."""
         if self._fast_for is not self.pipeline:  # a reload swapped the pipeline: its answers may differ
             self.fast = PacketCache.of(self.pipeline)
             self._fast_for = self.pipeline
@@ -47,7 +51,7 @@ class QueryHandler:
                 self.metrics.queries.count(
                     protocol, entry.question.qtype, decision, "default" if group is None else group.name
                 )
-                if self.events is not None:
+                if self.events is not None and logged:
                     self.events.hit(entry, client_ip)
                 return reply
         try:
@@ -59,7 +63,7 @@ class QueryHandler:
                 self.dropped += 1
                 return None
             return self._count(wire.error_reply(data, exc.rcode), protocol, 0)
-        query = Query(data, q, client_ip, protocol)
+        query = Query(data, q, client_ip, protocol, logged=logged)
         try:
             answer = self.pipeline.answer_now(query)
         except Exception:
@@ -86,7 +90,7 @@ class QueryHandler:
         q = query.question
         group = query.group
         self.metrics.queries.count(query.protocol, q.qtype, answer.decision, "default" if group is None else group.name)
-        if self.events is not None:
+        if self.events is not None and query.logged:
             self.events.answered(query, answer)
         if answer.decision is Decision.DROPPED:
             return None

@@ -3,8 +3,10 @@
 A packet from a listed proxy must start with a valid header, and the address in it becomes the query's client
 (access, rate limits, groups, the query log and alerts all see it); one without is dropped. A packet from any
 other address that starts with the header's signature is dropped too: nobody else may choose its client
-address. Each drop is counted (`filterd_proxy_protocol_total{result}`), never logged per packet (a flood would
-fill the log). With no proxies listed the transports never ask (`active` is False) and nothing is checked.
+address. A LOCAL header (the proxy's own health check, every second from dnsdist) is answered as the proxy's
+query and kept out of the query log and the safeguarding alerts. Each drop is counted
+(`filterd_proxy_protocol_total{result}`), never logged per packet (a flood would fill the log). With no proxies
+listed the transports never ask (`active` is False) and nothing is checked.
 
 One gate serves every listener; a reload hands it the new list (`configure`).
 """
@@ -57,8 +59,9 @@ class ProxyGate(Collector):
             self._memo[peer] = verdict
         return verdict
 
-    def unwrap(self, data: bytes, peer: str) -> tuple[bytes, str] | None:
-        """A datagram's DNS message and its real client, or None: drop it (counted)."""
+    def unwrap(self, data: bytes, peer: str) -> tuple[bytes, str, bool] | None:
+        """A datagram's DNS message, its real client and whether it is a client's query (False: the proxy's own
+        health check, a LOCAL header, not logged), or None: drop it (counted)."""
         if self.from_proxy(peer):
             try:
                 header = proxyproto.parse(data)
@@ -66,11 +69,11 @@ class ProxyGate(Collector):
                 self.counts["invalid"] += 1
                 return None
             self.counts["accepted"] += 1
-            return data[header.length :], header.source or peer
+            return data[header.length :], header.source or peer, not header.local
         if data.startswith(proxyproto.SIGNATURE):
             self.counts["untrusted"] += 1
             return None
-        return data, peer
+        return data, peer, True
 
     def untrusted_header(self, first: bytes) -> bool:
         """Whether a non-proxy's stream starts with the header's signature (counted: the caller closes it)."""

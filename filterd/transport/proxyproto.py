@@ -11,8 +11,8 @@ before each UDP query and at the start of each TCP connection, so filterd learns
     INET6: the same with 16-byte addresses.
 
 Every length is checked against the bytes at hand before it is read; anything else raises `ProxyError`.
-LOCAL (a proxy's own health check) and the families that carry no IP address leave the client unknown
-(`ProxyHeader.source` is None): the caller uses the connection's own peer, as the specification says.
+LOCAL (a proxy's own health check: `ProxyHeader.local`) and the families that carry no IP address leave the client
+unknown (`ProxyHeader.source` is None): the caller uses the connection's own peer, as the specification says.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class ProxyHeader:
     source_port: int = 0
     destination: str | None = None
     destination_port: int = 0
+    #: A LOCAL header: the proxy's own query (dnsdist's health check), no client's.
+    local: bool = False
 
 
 def body_length(fixed: bytes) -> int:
@@ -70,7 +72,7 @@ def parse(data: bytes) -> ProxyHeader:
     if len(data) < end:
         raise ProxyError(f"the header says {body} bytes follow, {len(data) - FIXED} do")
     if data[12] & 0x0F == _LOCAL:
-        return ProxyHeader(end)
+        return ProxyHeader(end, local=True)
     family, transport = data[13] >> 4, data[13] & 0x0F
     if transport not in (0, _STREAM, _DGRAM):
         raise ProxyError(f"unknown transport {transport}")

@@ -39,10 +39,12 @@ class TcpLimits:
 
 
 class _Connection:
-    __slots__ = ("client", "last_active", "pending", "writer")
+    __slots__ = ("client", "last_active", "logged", "pending", "writer")
 
-    def __init__(self, client: str, writer: asyncio.StreamWriter, now: float) -> None:
+    def __init__(self, client: str, writer: asyncio.StreamWriter, now: float, logged: bool = True) -> None:
         self.client = client
+        #: False: a proxy's own connection (a LOCAL PROXY header, its health check), kept out of the query log.
+        self.logged = logged
         self.writer = writer
         self.pending: set[asyncio.Task[None]] = set()
         #: When a query last came in or a reply went out (loop time): the oldest idle is closed first.
@@ -82,13 +84,14 @@ class TcpServer:
         client = peer[0] if peer else "0.0.0.0"
         proxy = self.handler.metrics.proxy
         guard = proxy.active and not proxy.from_proxy(client)  # a header from anyone else closes the connection
+        logged = True
         if proxy.active and not guard:  # dns.proxy_protocol: the connection starts with the real client's address
-            real = await self._read_proxy_header(reader, client)
-            if real is None:
+            header = await self._read_proxy_header(reader)
+            if header is None:
                 writer.transport.abort()
                 return
-            client = real
-        conn = _Connection(client, writer, asyncio.get_running_loop().time())
+            client, logged = header.source or client, not header.local
+        conn = _Connection(client, writer, asyncio.get_running_loop().time(), logged)
         if not self._admit(conn):
             self.stats.closed["refused"] += 1
             writer.transport.abort()
@@ -106,8 +109,8 @@ class TcpServer:
                 task.cancel()
             await self._close(writer, abort=stuck)
 
-    async def _read_proxy_header(self, reader: asyncio.StreamReader, peer: str) -> str | None:
-        """The client a proxy's connection is for (its PROXY v2 header, within the idle timeout); None: drop it."""
+    async def _read_proxy_header(self, reader: asyncio.StreamReader) -> proxyproto.ProxyHeader | None:
+        """A proxy's connection's PROXY v2 header (who it is for), within the idle timeout; None: drop it."""
         proxy = self.handler.metrics.proxy
         try:
             async with asyncio.timeout(self.idle_timeout):
@@ -117,7 +120,7 @@ class TcpServer:
             proxy.counts["invalid"] += 1
             return None
         proxy.counts["accepted"] += 1
-        return header.source or peer
+        return header
 
     async def _read_queries(self, conn: _Connection, reader: asyncio.StreamReader, guard: bool = False) -> bool:
         """Read and answer queries until the client stops; True if it stopped taking its replies (stuck).
@@ -148,7 +151,7 @@ class TcpServer:
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return False
             conn.last_active = loop.time()
-            result = self.handler.handle(data, conn.client, self.protocol)
+            result = self.handler.handle(data, conn.client, self.protocol, conn.logged)
             if result is None:
                 continue
             if isinstance(result, bytes):

@@ -26,13 +26,14 @@ class UdpServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         client = addr[0]
+        logged = True
         proxy = self.proxy
         if proxy.active:  # dns.proxy_protocol: the header names the client (`proxy.py`); the reply goes to addr
             unwrapped = proxy.unwrap(data, client)
             if unwrapped is None:
                 return
-            data, client = unwrapped
-        result = self.handler.handle(data, client, "udp")
+            data, client, logged = unwrapped
+        result = self.handler.handle(data, client, "udp", logged)
         if result is None:
             return
         if isinstance(result, bytes):

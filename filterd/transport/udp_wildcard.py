@@ -91,13 +91,14 @@ class WildcardUdpServer:
 
     def _datagram(self, data: bytes, control: list[tuple[int, int, bytes]], addr: tuple[Any, ...]) -> None:
         client = addr[0]
+        logged = True
         proxy = self.proxy
         if proxy.active:  # as UdpServer: the PROXY v2 header names the client
             unwrapped = proxy.unwrap(data, client)
             if unwrapped is None:
                 return
-            data, client = unwrapped
-        result = self.handler.handle(data, client, "udp")
+            data, client, logged = unwrapped
+        result = self.handler.handle(data, client, "udp", logged)
         if result is None:
             return
         if isinstance(result, bytes):

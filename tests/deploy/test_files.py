@@ -130,3 +130,28 @@ def test_production_config_header_documents_the_example_addresses(example: str) 
     body = "".join(line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("#"))
     assert example in header and example in body
     assert f"EXAMPLE_{'LAN' if example.endswith('.2') else 'ROUTER'}={example}\n" in (DEPLOY / "install.sh").read_text()
+
+
+def _filterd_commands(text: str) -> list[str]:
+    """Each `filterd ...` command line in shell blocks and backticked spans (with sudo, or run by docker compose
+    exec or kubectl exec): its arguments up to a comment, a pipe or a redirection."""
+    spans = re.findall(r"`([^`\n]+)`", text) + [line for block in _blocks("sh") for line in block.splitlines()]
+    found = []
+    for span in spans:
+        for match in re.finditer(r"(?:^|sudo |exec filterd |\$ )filterd ((?:[^\s#|>&;`]+ ?)+)", span.strip()):
+            found.append(match.group(1).strip())
+    return found
+
+
+def test_the_filterd_commands_in_the_guide_and_the_container_config_exist() -> None:
+    """A command the guide tells an admin to run (in the container too) is one the CLI has."""
+    from filterd.cli import build_parser
+
+    texts = GUIDE.read_text() + "\n" + (DEPLOY / "docker" / "filterd.yaml").read_text()
+    commands = _filterd_commands(texts)
+    assert any(c.startswith("lists show") for c in commands), commands  # the CLI inside the container
+    parser = build_parser()
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([*command.split(), "--help"])
+        assert done.value.code == 0, f"`filterd {command}`: not a filterd command"

@@ -112,6 +112,39 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
             assert 'instance=~"$instance"' in target["expr"], panel["title"]
 
 
+def test_the_alert_expressions_the_readme_quotes_are_the_rules() -> None:
+    """The README quotes alert conditions as "ready to load" in the rules file: each is one of its rules (the same
+    metrics, and its numbers)."""
+    prose = re.sub(r"^```.*?^```", "", (ROOT / "README.md").read_text(), flags=re.M | re.S)  # no code blocks
+    readme = " ".join(prose.split())  # an expression may be wrapped over lines
+    quoted = [span for span in re.findall(r"`([^`]+)`", readme) if "time() -" in span]
+    assert quoted, "the README's list staleness alert"
+    for expr in quoted:
+        numbers = set(re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", expr))
+        assert any(
+            metric_names(expr) <= metric_names(rule) and numbers <= set(re.findall(r"\d+(?:\.\d+)?", rule))
+            for rule in rule_exprs().values()
+        ), f"the README quotes `{expr}`, which is no rule in {RULES.name}"
+
+
+def test_a_percent_panel_shows_only_ratios() -> None:
+    """A panel in percent shows shares (an expression with a `/`), or names the series it shows otherwise: a
+    rate drawn as a percentage (0.5 stale answers a second as 50%) misleads."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in (p for p in dashboard["panels"] if p["type"] != "row"):
+        config = panel.get("fieldConfig", {})
+        if config.get("defaults", {}).get("unit") != "percentunit":
+            continue
+        overridden = {
+            o["matcher"]["options"]
+            for o in config.get("overrides", [])
+            if o["matcher"]["id"] == "byName" and any(prop["id"] == "unit" for prop in o["properties"])
+        }
+        for target in panel["targets"]:
+            if target.get("legendFormat") not in overridden:
+                assert "/" in target["expr"], f"{panel['title']}: {target['expr']} shown as a percentage"
+
+
 @pytest.fixture
 def scraped(start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, tmp_path: Path) -> RunningFilterd:
     """A filterd with everything the dashboard shows switched on: a url list (its server is down), the query log,

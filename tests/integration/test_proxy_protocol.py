@@ -95,9 +95,27 @@ def test_the_header_names_the_client_for_groups_and_the_query_log(server: Runnin
     assert not any(row["client"] == "127.0.0.1" for row in rows)  # never the proxy's own address
 
 
-def test_a_health_check_with_a_local_header_is_answered(server: RunningFilterd) -> None:
-    reply = udp(server.port, proxyproto.build(None) + wire("example.org"))
+def test_a_health_check_with_a_local_header_is_answered_and_not_logged(server: RunningFilterd, tmp_path: Path) -> None:
+    """dnsdist's health check (a LOCAL header, every second): answered as the proxy's own query, counted, but no
+    row in the query log (86,400 a day per instance, burying the devices' rows) and no safeguarding attempt."""
+    port = server.port
+    for _ in range(2):  # the second from the packet cache
+        reply = udp(port, proxyproto.build(None) + wire("localhost"))
+        assert reply is not None and addresses(reply) == ["127.0.0.1"]
+    reply = udp(port, proxyproto.build(None) + wire("example.org"))
     assert reply is not None and addresses(reply) == ["192.0.2.10"]
+    over_tcp = tcp(port, proxyproto.build(None) + framed(wire("localhost")))
+    assert over_tcp is not None and addresses(over_tcp) == ["127.0.0.1"]
+    assert server.metric("filterd_queries_total", protocol="udp", decision="local") == 2
+    kids = udp(port, proxyproto.build(KIDS, 40000, "127.0.0.1", port) + wire("www.example.org"))
+    assert kids is not None  # a client's query, written after the health checks
+    log = tmp_path / "log.jsonl"
+    rows: list[dict[str, object]] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not rows:
+        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        time.sleep(0.1)
+    assert [(row["client"], row["name"]) for row in rows] == [(KIDS, "www.example.org")]
 
 
 def test_a_proxys_query_without_a_header_is_dropped_and_counted(server: RunningFilterd) -> None:

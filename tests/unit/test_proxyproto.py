@@ -118,10 +118,11 @@ def gate() -> ProxyGate:
 
 def test_a_proxys_packet_names_the_client() -> None:
     g = gate()
-    assert g.unwrap(V4_UDP + DNS, "127.0.0.1") == (DNS, "192.0.2.7")
-    assert g.unwrap(V6_TCP + DNS, "fd00::5") == (DNS, "2001:db8::9")
-    assert g.unwrap(V4_UDP + DNS, "::ffff:127.0.0.1") == (DNS, "192.0.2.7")  # a dual-stack socket's peer
-    assert g.unwrap(LOCAL + DNS, "127.0.0.1") == (DNS, "127.0.0.1")  # a health check: the proxy itself
+    assert g.unwrap(V4_UDP + DNS, "127.0.0.1") == (DNS, "192.0.2.7", True)
+    assert g.unwrap(V6_TCP + DNS, "fd00::5") == (DNS, "2001:db8::9", True)
+    assert g.unwrap(V4_UDP + DNS, "::ffff:127.0.0.1") == (DNS, "192.0.2.7", True)  # a dual-stack socket's peer
+    # a health check: the proxy itself, and no client's query (kept out of the query log)
+    assert g.unwrap(LOCAL + DNS, "127.0.0.1") == (DNS, "127.0.0.1", False)
     assert g.counts == {"accepted": 4, "untrusted": 0, "invalid": 0}
 
 
@@ -136,7 +137,7 @@ def test_a_header_from_anyone_else_is_dropped_and_counted() -> None:
     g = gate()
     assert g.unwrap(V4_UDP + DNS, "127.0.0.2") is None
     assert g.unwrap(V4_UDP + DNS, "192.168.1.20") is None
-    assert g.unwrap(DNS, "127.0.0.2") == (DNS, "127.0.0.2")  # an ordinary client is untouched
+    assert g.unwrap(DNS, "127.0.0.2") == (DNS, "127.0.0.2", True)  # an ordinary client is untouched
     assert g.counts == {"accepted": 0, "untrusted": 2, "invalid": 0}
 
 

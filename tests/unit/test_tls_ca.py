@@ -59,6 +59,9 @@ def test_a_key_others_can_read_or_the_wrong_key_is_refused(tmp_path: Path) -> No
     os.chmod(folder / "ca.key", 0o644)
     with pytest.raises(ca.CaError, match=r"ca\.key has mode 0644: others may read the CA's key"):
         ca.load(folder)
+    os.chmod(folder / "ca.key", 0o440)  # a Kubernetes Secret volume's file under fsGroup (deploy/README.md)
+    with pytest.raises(ca.CaError, match=r"ca\.key has mode 0440"):
+        ca.load(folder)
     os.chmod(folder / "ca.key", 0o600)
     (folder / "ca.key").write_bytes(ca.key_pem(ca.make_ca("Other", NOW).key))
     with pytest.raises(ca.CaError, match=r"ca\.key is not the key of .*ca\.pem"):
