@@ -48,15 +48,17 @@ class QueryEvents:
 
     def hit(self, entry: Entry, client_ip: str) -> None:
         """A packet-cache hit (`fastpath.py`): the entry keeps its log tail, made at its first hit."""
-        answer = entry.answer
-        group = "" if entry.group is None else entry.group.name
-        if self.querylog is not None:
+        querylog = self.querylog
+        if querylog is not None:
             tail = entry.logged
             if tail is None:
-                tail = entry.logged = log_tail(group, entry.question, answer)
-            self.querylog.log(client_ip, tail, self.clock())
-        if answer.decision is Decision.BLOCKED and self.engine is not None:
-            self._observe(client_ip, group, entry.question.qname, answer)
+                tail = entry.logged = log_tail(
+                    "" if entry.group is None else entry.group.name, entry.question, entry.answer
+                )
+            querylog.log(client_ip, tail, self.clock())
+        if self.engine is not None and entry.answer.decision is Decision.BLOCKED:
+            group = "" if entry.group is None else entry.group.name
+            self._observe(client_ip, group, entry.question.qname, entry.answer)
 
     def _observe(self, client_ip: str, group: str, name: str, answer: Answer) -> None:
         assert self.engine is not None
