@@ -242,6 +242,20 @@ def _network(node: _Node, key: str, p: _Problems, example: str = "192.168.0.0/16
         return None
 
 
+def _proxy_network(node: _Node, key: str, p: _Problems) -> IPNetwork | None:
+    """A load balancer's address: a network too wide would let any client name itself (groups, the log, access)."""
+    net = _network(node, key, p, "10.0.0.5/32")
+    if net is not None and net.prefixlen < (16 if net.version == 4 else 48):
+        p.add(
+            node.line,
+            key,
+            f"{net} would let any client there choose the address it is seen as: list the proxies' own "
+            "addresses (e.g. 10.0.0.5/32)",
+        )
+        return None
+    return net
+
+
 def _names_list(node: _Node, key: str, p: _Problems) -> tuple[str, ...] | None:
     """A list of domain names (each with everything under it; `*.name` means the same), normalised."""
 
@@ -320,7 +334,7 @@ def _dns(node: _Node, p: _Problems, base_dir: Path) -> DnsConfig | None:
     rebind_allow = _names_list(keys["rebind_allow"], "dns.rebind_allow", p) if "rebind_allow" in keys else ()
     proxies: tuple[IPNetwork, ...] | None = ()
     if "proxy_protocol" in keys:
-        proxies = _items(keys["proxy_protocol"], "dns.proxy_protocol", p, lambda n, k: _network(n, k, p, "10.0.0.5/32"))
+        proxies = _items(keys["proxy_protocol"], "dns.proxy_protocol", p, lambda n, k: _proxy_network(n, k, p))
     if listen is None or upstreams is None or timeout is None or allow_clients is None:
         return None
     if (

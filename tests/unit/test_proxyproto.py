@@ -159,3 +159,14 @@ def test_the_config_key() -> None:
     assert info.value.problems == [
         "f.yaml:3: dns.proxy_protocol[0]: 'dnsdist' is not an IP network in CIDR form (e.g. 10.0.0.5/32)"
     ]
+
+
+@pytest.mark.parametrize("wide", ["0.0.0.0/0", "10.0.0.0/8", "::/0"])
+def test_a_proxy_network_that_lets_anyone_choose_its_address_is_refused(wide: str) -> None:
+    text = f"dns:\n  listen: ['127.0.0.1:5353']\n  proxy_protocol: ['{wide}']\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "c.yaml")
+    assert err.value.problems == [
+        f"c.yaml:3: dns.proxy_protocol[0]: {ipaddress.ip_network(wide)} would let any client there choose the "
+        "address it is seen as: list the proxies' own addresses (e.g. 10.0.0.5/32)"
+    ]
