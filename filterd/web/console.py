@@ -351,19 +351,22 @@ class Console:
         back = "/log?" + urlencode({k: v for k, v in request.query.items() if k != "after"})
         row_template = self.env.get_template("row.html")
         for tick in range(LIVE_TICKS):
-            if self.stopping.is_set() or self.sessions.get(session.id) is None:
+            if self.stopping.is_set() or self.sessions.get(session.id) is None or _gone(request):
                 break
             rows = [r for r in reversed(await self._log_rows(wanted, last, SHOWN)) if _key(r) not in seen]
-            if rows:
-                last = rows[-1].time
-                seen = {_key(r) for r in rows if r.time == last} | (seen if rows[0].time == last else set())
-                current = self._now(rows)
-                for row in rows:
-                    html = row_template.render(row=row, csrf=session.csrf, back=back, now=current)
-                    data = "".join(f"data: {line}\n" for line in html.splitlines() if line.strip())
-                    await response.write(f"event: row\nid: {last!r}\n{data}\n".encode())
-            elif tick % 15 == 0:
-                await response.write(b": still here\n\n")
+            try:
+                if rows:
+                    last = rows[-1].time
+                    seen = {_key(r) for r in rows if r.time == last} | (seen if rows[0].time == last else set())
+                    current = self._now(rows)
+                    for row in rows:
+                        html = row_template.render(row=row, csrf=session.csrf, back=back, now=current)
+                        data = "".join(f"data: {line}\n" for line in html.splitlines() if line.strip())
+                        await response.write(f"event: row\nid: {last!r}\n{data}\n".encode())
+                elif tick % 15 == 0:
+                    await response.write(b": still here\n\n")
+            except ConnectionResetError:
+                break  # the browser left the page (or the phone slept): the end of this stream, not an error
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), LIVE_INTERVAL)
         return response
@@ -483,6 +486,12 @@ def _foreign(request: web.Request) -> bool:
     form, which always sends one)."""
     origin = request.headers.get("Origin")
     return origin is not None and origin != f"{request.scheme}://{request.host}"
+
+
+def _gone(request: web.Request) -> bool:
+    """The client of a long response has closed its connection (no need to look for rows for it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _is_address(text: str) -> bool:

@@ -5,6 +5,7 @@ CSRF, every page and every action, and the escaping of what comes from the log."
 from __future__ import annotations
 
 import http.client
+import logging
 import re
 import socket
 import textwrap
@@ -302,6 +303,25 @@ def test_the_live_log_streams_new_rows(console: tuple[RunningFilterd, Page, str]
     assert b"event: row" in seen and b"ome.tv" in seen and b"kids-tablet.lan" in seen
     assert b"chatroulette.com" not in seen
     assert b'name="csrf"' in seen  # the row's Allow button works like the page's own
+
+
+def test_a_live_log_left_by_its_browser_ends_quietly(
+    console: tuple[RunningFilterd, Page, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, page, token = console
+    page.login(token)
+    conn = http.client.HTTPConnection("127.0.0.1", page.port, timeout=10)
+    conn.request("GET", "/log/live", headers={"Cookie": f"filterd_session={page.cookies['filterd_session']}"})
+    response = conn.getresponse()
+    assert response.status == 200
+    response.readline()  # the stream has begun (its first comment)
+    conn.sock.close()  # the parent closes the tab: the next row has nowhere to go
+    conn.close()
+    ask(server, "ome.tv")
+    wait_for_log(server, "ome.tv")
+    time.sleep(2.5)  # the stream looks for rows once a second
+    failed = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not failed, failed  # not "a request failed (answered 500)" with a traceback each time
 
 
 def test_check_lists_groups_and_safeguarding_pages(console: tuple[RunningFilterd, Page, str], tmp_path: Path) -> None:
