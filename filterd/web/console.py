@@ -273,14 +273,14 @@ class Console:
     async def overview(self, request: web.Request) -> web.StreamResponse:
         querylog = self.backend.querylog
         since = local_midnight(self.clock())
-        rows = await self._rows(since=since, limit=None)
+        totals = await asyncio.to_thread(querylog.totals, since) if querylog is not None else ()
         alerts = await asyncio.to_thread(querylog.alerts, since) if querylog is not None else []
         return self._render(
             request,
             "overview.html",
             title="Overview",
             logging=querylog is not None,
-            today=overview(rows),
+            today=overview(totals),
             alerts=[_alert(a) for a in alerts if a[7] == "fired"],
             lists=self.backend.lists_status(),
             upstreams=self.backend.upstreams_status(),

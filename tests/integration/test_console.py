@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import random
 import re
 import socket
 import textwrap
@@ -21,6 +22,8 @@ import dns.query
 import dns.rcode
 import pytest
 
+from filterd.querylog.record import Record
+from filterd.web.dashboard import local_midnight, overview
 from tests.support import Dnsmasq, RunningFilterd, addresses
 
 Start = Callable[..., RunningFilterd]
@@ -322,6 +325,37 @@ def test_a_live_log_left_by_its_browser_ends_quietly(
     time.sleep(2.5)  # the stream looks for rows once a second
     failed = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not failed, failed  # not "a request failed (answered 500)" with a traceback each time
+
+
+def test_the_overview_is_counted_by_sqlite_not_row_by_row(
+    console: tuple[RunningFilterd, Page, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, page, token = console
+    assert server.app is not None and server.app.querylog is not None
+    querylog = server.app.querylog
+    now = time.time()
+    midnight = local_midnight(now)
+    rng = random.Random(19)
+    for _ in range(3000):
+        blocked = rng.random() < 0.4
+        when = midnight + rng.uniform(-3600, now - midnight)  # some of it yesterday: not today's
+        category = rng.choice(["chat-roulette-video", "games", ""]) if blocked else ""
+        decision = "blocked" if blocked else rng.choice(["forwarded", "cached"])
+        querylog.add((when, f"127.0.0.{rng.randrange(2, 30)}", rng.choice(["", "children"]),
+                      f"n{rng.randrange(40)}.example", "A", decision,
+                      rng.choice(["chat-roulette", "extra", ""]) if blocked else "", category, 1.0))  # fmt: skip
+    rows = querylog.rows(since=midnight, limit=None)
+    assert overview(querylog.totals(midnight)) == overview(rows)  # the same numbers as from every row
+
+    def every_row(*args: object, **filters: object) -> list[Record]:
+        if filters.get("limit", 1000) is None:
+            raise AssertionError("the overview read every row of the day into Python")
+        return rows
+
+    monkeypatch.setattr(querylog, "rows", every_row)
+    page.login(token)
+    body = page.get("/").body
+    assert f"<dd>{sum(row.count for row in rows)}</dd>" in body
 
 
 def test_check_lists_groups_and_safeguarding_pages(console: tuple[RunningFilterd, Page, str], tmp_path: Path) -> None:
