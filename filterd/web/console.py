@@ -214,7 +214,8 @@ class Console:
     def _back(self, request: web.Request, default: str) -> web.HTTPSeeOther:
         """After an action, back to the page it came from (a path on this server only)."""
         back = self._field(request, "back")
-        ok = back.startswith("/") and not back.startswith(("//", "/\\")) and "\n" not in back and "\r" not in back
+        # (no control characters: a URL parser drops tabs and newlines, and "/<tab>/evil.example" is "//evil.example")
+        ok = back.startswith("/") and not back.startswith(("//", "/\\")) and back.isprintable()
         return web.HTTPSeeOther(back if ok else default)
 
     # --- login ---------------------------------------------------------------------------------------------

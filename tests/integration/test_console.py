@@ -263,6 +263,9 @@ def test_a_blocked_attempt_is_on_the_log_and_allow_unblocks_it(console: tuple[Ru
     assert "video.omegle.com" in lists.body
     reply = page.post("/reset", name="video.omegle.com", csrf=csrf, back="//evil.example/")
     assert (reply.status, reply.location) == (303, "/lists")  # only a path on this server
+    for sneaky in ("/\t/evil.example/", "/\n/evil.example/", "/\x0b/evil.example/"):  # browsers drop tabs, newlines
+        reply = page.post("/reset", name="video.omegle.com", csrf=csrf, back=sneaky)
+        assert (reply.status, reply.location) == (303, "/lists"), sneaky
     assert addresses(ask(server, "video.omegle.com")) == SINKHOLE
     assert page.post("/block", name="example.org", csrf=csrf).status == 303
     assert addresses(ask(server, "example.org")) == SINKHOLE
