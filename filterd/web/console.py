@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -484,9 +484,10 @@ class Console:
 
 def _foreign(request: web.Request) -> bool:
     """A POST whose browser names another origin than this page's (no Origin header: not a browser's cross-site
-    form, which always sends one)."""
+    form, which always sends one). The host is compared, not the scheme: behind an HTTPS reverse proxy the
+    browser's origin is https://HOST while filterd is spoken to in plain HTTP."""
     origin = request.headers.get("Origin")
-    return origin is not None and origin != f"{request.scheme}://{request.host}"
+    return origin is not None and urlsplit(origin).netloc.lower() != request.host.lower()
 
 
 def _gone(request: web.Request) -> bool:

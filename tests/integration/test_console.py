@@ -200,6 +200,21 @@ def test_a_session_expires_after_session_ttl(start_filterd: Start, dnsmasq: Dnsm
     assert (reply.status, reply.location) == (302, "/login")
 
 
+def test_the_page_works_behind_an_https_reverse_proxy(console: tuple[RunningFilterd, Page, str]) -> None:
+    """The README's advice for a school: an HTTPS proxy in front passes the browser's Host, but its Origin says
+    https:// while filterd itself is spoken to in http://; the same host is still this page."""
+    _server, page, token = console
+    proxied = {"Host": "filter.school.example", "Origin": "https://filter.school.example"}
+    login = page.request("POST", "/login", {"token": token}, headers=proxied)
+    assert login.status == 303 and "filterd_session" in page.cookies
+    csrf = page.csrf()
+    reply = page.request("POST", "/block", {"name": "games2.example", "csrf": csrf}, headers=proxied)
+    assert reply.status == 303
+    other_site = {"Host": "filter.school.example", "Origin": "https://evil.example"}
+    reply = page.request("POST", "/reset", {"name": "games2.example", "csrf": csrf}, headers=other_site)
+    assert reply.status == 403
+
+
 def test_wrong_tokens_are_limited_per_client(console: tuple[RunningFilterd, Page, str]) -> None:
     server, page, token = console
     foreign = page.request("POST", "/login", {"token": token}, headers={"Origin": "http://evil.example"})
