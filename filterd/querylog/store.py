@@ -352,10 +352,22 @@ class QueryLog:
         blocked: bool = False,
         since: float | None = None,
         limit: int | None = 1000,
+        device: str | None = None,
+        decision: str | None = None,
+        category: str | None = None,
     ) -> list[Record]:
-        """Rows, newest first, matching every filter given."""
+        """Rows, newest first, matching every filter given. `device`: the client's address or its device name;
+        `category`: the row's category or list."""
         self.flush()
         where, args = _filters(self.client_key(client) if client else None, group, blocked, since)
+        for clause, value in (
+            ("(q.client = ? OR d.device = ?)", device),
+            ("q.decision = ?", decision),
+            ("(q.category = ? OR q.list = ?)", category),
+        ):
+            if value:
+                where += (" AND " if where else " WHERE ") + clause
+                args += [value] * clause.count("?")
         sql = f"{_SELECT}{where} ORDER BY q.time DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"

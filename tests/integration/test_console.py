@@ -376,6 +376,25 @@ def test_the_overview_is_counted_by_sqlite_not_row_by_row(
     assert f"<dd>{sum(row.count for row in rows)}</dd>" in body
 
 
+def test_log_filters_find_rows_hours_back_on_a_busy_network(console: tuple[RunningFilterd, Page, str]) -> None:
+    server, page, token = console
+    assert server.app is not None and server.app.querylog is not None
+    querylog = server.app.querylog
+    ask(server, "example.org")  # kids-tablet.lan gets its devices row (its name)
+    wait_for_log(server, "example.org")
+    now = time.time()
+    querylog.add((now - 7200, KIDS, "children", "morning.example", "A", "blocked", "extra", "games", 0.0))
+    for i in range(6000):  # the rest of the network since: newer rows than the ones the filters want
+        querylog.add((now - 3600 + i * 0.5, OTHER, "", f"n{i}.example", "A", "forwarded", "", "", 1.0))
+    querylog.flush()
+    page.login(token)
+    for wanted in ({"device": "kids-tablet.lan"}, {"category": "games"}, {"category": "extra"}):
+        body = page.get("/log?" + urlencode(wanted | {"since": "24h"})).body
+        assert "morning.example" in body, wanted
+    assert "morning.example" not in page.get("/log?" + urlencode({"device": "kids-tablet.lan", "since": "1h"})).body
+    assert "n5999.example" in page.get("/log?" + urlencode({"decision": "forwarded"})).body
+
+
 def test_check_lists_groups_and_safeguarding_pages(console: tuple[RunningFilterd, Page, str], tmp_path: Path) -> None:
     server, page, token = console
     for name in ("video.omegle.com", "ome.tv", "chatroulette.com"):  # attempts at one name count once a minute
