@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -178,7 +179,16 @@ class Console:
                         "Go back, reload the page and try again.",
                     )
                 request[FORM] = form
-            return await handler(request)
+            try:
+                return await handler(request)
+            except sqlite3.Error as exc:  # a damaged query log file: say so, and what still works without it
+                where = self.backend.querylog.path if self.backend.querylog is not None else "the query log"
+                log.error("admin page: cannot read the query log %s: %s", where, exc)
+                message = (
+                    f"The query log ({where}) cannot be read: {exc}. DNS filtering goes on; Check a name and Lists "
+                    "still work. Move the file away: filterd starts a new log."
+                )
+                return self._render(request, "error.html", 503, message=message)
 
         return guarded
 
@@ -353,7 +363,11 @@ class Console:
         for tick in range(LIVE_TICKS):
             if self.stopping.is_set() or self.sessions.get(session.id) is None or _gone(request):
                 break
-            rows = [r for r in reversed(await self._log_rows(wanted, last, SHOWN)) if _key(r) not in seen]
+            try:
+                rows = [r for r in reversed(await self._log_rows(wanted, last, SHOWN)) if _key(r) not in seen]
+            except sqlite3.Error as exc:
+                log.error("admin page: the live log ends: cannot read the query log: %s", exc)
+                break
             try:
                 if rows:
                     last = rows[-1].time

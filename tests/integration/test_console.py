@@ -395,6 +395,32 @@ def test_log_filters_find_rows_hours_back_on_a_busy_network(console: tuple[Runni
     assert "n5999.example" in page.get("/log?" + urlencode({"decision": "forwarded"})).body
 
 
+def test_a_damaged_query_log_file_is_named_and_the_rest_still_works(
+    console: tuple[RunningFilterd, Page, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, page, token = console
+    assert server.app is not None and server.app.querylog is not None
+    path = server.app.querylog.path
+    ask(server, "example.org")
+    wait_for_log(server, "example.org")
+    page.login(token)
+    for part in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), path):
+        part.unlink(missing_ok=True)
+    path.write_bytes(b"not a database, whatever wrote it " * 4096)
+    for wanted in ("/", "/log", "/safeguarding"):
+        reply = page.get(wanted)
+        assert reply.status == 503 and f"The query log ({path}) cannot be read" in reply.body, wanted
+    assert page.get("/lists").status == 200 and page.get("/check?name=omegle.com").status == 200
+    conn = http.client.HTTPConnection("127.0.0.1", page.port, timeout=10)
+    conn.request("GET", "/log/live", headers={"Cookie": f"filterd_session={page.cookies['filterd_session']}"})
+    response = conn.getresponse()
+    assert response.status == 200
+    response.read()  # the stream ends at once
+    conn.close()
+    assert "answered 500" not in caplog.text
+    assert addresses(ask(server, "omegle.com")) == SINKHOLE  # DNS goes on
+
+
 def test_check_lists_groups_and_safeguarding_pages(console: tuple[RunningFilterd, Page, str], tmp_path: Path) -> None:
     server, page, token = console
     for name in ("video.omegle.com", "ome.tv", "chatroulette.com"):  # attempts at one name count once a minute
