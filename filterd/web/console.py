@@ -30,7 +30,7 @@ from aiohttp import web
 
 from filterd.config.load import parse_duration
 from filterd.logs import ClientEvents, printable
-from filterd.querylog.record import Record
+from filterd.querylog.record import Privacy, Record
 from filterd.querylog.report import LABELS, render_html
 from filterd.querylog.store import QueryLog
 from filterd.web.admin import AdminBackend, AdminRequestError
@@ -290,6 +290,7 @@ class Console:
             "overview.html",
             title="Overview",
             logging=querylog is not None,
+            blocked_only=querylog is not None and querylog.privacy is Privacy.BLOCKED_ONLY,
             today=overview(totals),
             alerts=[_alert(a) for a in alerts if a[7] == "fired"],
             lists=self.backend.lists_status(),

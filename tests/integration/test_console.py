@@ -114,7 +114,7 @@ CONFIG = """
     admin:
       listen: 127.0.0.1:0
       {admin_extra}
-    querylog: {{retention: 14d}}
+    querylog: {querylog}
     lists:
       - builtin: chat-roulette
       - {{name: extra, path: {extra}}}
@@ -129,12 +129,22 @@ CONFIG = """
 
 
 def start_console(
-    start_filterd: Start, dnsmasq: Dnsmasq, tmp_path: Path, admin_extra: str = "", **options: object
+    start_filterd: Start,
+    dnsmasq: Dnsmasq,
+    tmp_path: Path,
+    admin_extra: str = "",
+    querylog: str = "{retention: 14d}",
+    **options: object,
 ) -> tuple[RunningFilterd, Page, str]:
     extra = tmp_path / "extra.txt"
     extra.write_text("# category: games\ngames.example\n")
     text = CONFIG.format(
-        upstream=dnsmasq.address, kids=KIDS, state=tmp_path / "state", extra=extra, admin_extra=admin_extra
+        upstream=dnsmasq.address,
+        kids=KIDS,
+        state=tmp_path / "state",
+        extra=extra,
+        admin_extra=admin_extra,
+        querylog=querylog,
     )
     server = start_filterd(textwrap.dedent(text), **options)
     assert server.app is not None and server.app.listening.admin is not None
@@ -419,6 +429,18 @@ def test_a_damaged_query_log_file_is_named_and_the_rest_still_works(
     conn.close()
     assert "answered 500" not in caplog.text
     assert addresses(ask(server, "omegle.com")) == SINKHOLE  # DNS goes on
+
+
+def test_under_blocked_only_the_overview_gives_no_share(start_filterd: Start, dnsmasq: Dnsmasq, tmp_path: Path) -> None:
+    options = "{retention: 14d, privacy: blocked-only}"
+    server, page, token = start_console(start_filterd, dnsmasq, tmp_path, querylog=options)
+    for name in ("omegle.com", "example.org", "example.com"):
+        ask(server, name)
+    wait_for_log(server, "omegle.com")
+    page.login(token)
+    body = page.get("/").body
+    assert "100.0%" not in body and "Blocked share" not in body  # one of three queries, not all of them
+    assert "only blocked queries" in body and "<dd>1</dd>" in body
 
 
 def test_check_lists_groups_and_safeguarding_pages(console: tuple[RunningFilterd, Page, str], tmp_path: Path) -> None:
