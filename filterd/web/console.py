@@ -96,6 +96,7 @@ def _environment() -> jinja2.Environment:
     env.filters["percent"] = lambda share: f"{share * 100:.1f}%"
     env.filters["reason"] = row_reason
     env.globals["urlencode"] = urlencode
+    env.globals["is_address"] = _is_address  # (not a keyed hash, as a client is under `privacy: hash-clients`)
     env.globals["labels"] = LABELS
     return env
 

@@ -443,6 +443,21 @@ def test_under_blocked_only_the_overview_gives_no_share(start_filterd: Start, dn
     assert "only blocked queries" in body and "<dd>1</dd>" in body
 
 
+def test_under_hash_clients_a_rows_why_link_checks_the_name(
+    start_filterd: Start, dnsmasq: Dnsmasq, tmp_path: Path
+) -> None:
+    options = "{retention: 14d, privacy: hash-clients}"
+    server, page, token = start_console(start_filterd, dnsmasq, tmp_path, querylog=options)
+    ask(server, "omegle.com")
+    wait_for_log(server, "omegle.com")
+    page.login(token)
+    links = re.findall(r'href="(/check\?[^"]+)"', page.get("/log").body)
+    assert links and "h%3A" not in links[0]  # the keyed hash is not an address `check` can take
+    body = page.get(links[0].replace("&amp;", "&")).body
+    assert "omegle.com</strong>: blocked" in body or "omegle.com: blocked" in re.sub(r"<[^>]+>", "", body)
+    assert "is not an IP address" not in body
+
+
 def test_check_lists_groups_and_safeguarding_pages(console: tuple[RunningFilterd, Page, str], tmp_path: Path) -> None:
     server, page, token = console
     for name in ("video.omegle.com", "ome.tv", "chatroulette.com"):  # attempts at one name count once a minute
