@@ -18,19 +18,19 @@ import hmac
 import ipaddress
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
 
 from filterd.config.load import parse_duration
 from filterd.logs import ClientEvents, printable
-from filterd.querylog.record import Record
+from filterd.querylog.record import Privacy, Record
 from filterd.querylog.report import LABELS, render_html
 from filterd.querylog.store import QueryLog
 from filterd.web.admin import AdminBackend, AdminRequestError
@@ -40,8 +40,8 @@ from filterd.web.session import LoginLimiter, Session, Sessions
 log = logging.getLogger(__name__)
 
 COOKIE = "filterd_session"
-#: Rows the query log page shows; rows read from the log to find them when filtering by device name/category.
-SHOWN, SCANNED = 300, 5000
+#: Rows the query log page shows.
+SHOWN = 300
 #: The live log: how often it looks for new rows, and how long one stream lasts (the browser then reconnects).
 LIVE_INTERVAL, LIVE_TICKS = 1.0, 1800
 SINCE_CHOICES = ("15m", "1h", "24h", "7d", "30d")
@@ -96,6 +96,7 @@ def _environment() -> jinja2.Environment:
     env.filters["percent"] = lambda share: f"{share * 100:.1f}%"
     env.filters["reason"] = row_reason
     env.globals["urlencode"] = urlencode
+    env.globals["is_address"] = _is_address  # (not a keyed hash, as a client is under `privacy: hash-clients`)
     env.globals["labels"] = LABELS
     return env
 
@@ -179,7 +180,16 @@ class Console:
                         "Go back, reload the page and try again.",
                     )
                 request[FORM] = form
-            return await handler(request)
+            try:
+                return await handler(request)
+            except sqlite3.Error as exc:  # a damaged query log file: say so, and what still works without it
+                where = self.backend.querylog.path if self.backend.querylog is not None else "the query log"
+                log.error("admin page: cannot read the query log %s: %s", where, exc)
+                message = (
+                    f"The query log ({where}) cannot be read: {exc}. DNS filtering goes on; Check a name and Lists "
+                    "still work. Move the file away: filterd starts a new log."
+                )
+                return self._render(request, "error.html", 503, message=message)
 
         return guarded
 
@@ -214,7 +224,8 @@ class Console:
     def _back(self, request: web.Request, default: str) -> web.HTTPSeeOther:
         """After an action, back to the page it came from (a path on this server only)."""
         back = self._field(request, "back")
-        ok = back.startswith("/") and not back.startswith(("//", "/\\")) and "\n" not in back and "\r" not in back
+        # (no control characters: a URL parser drops tabs and newlines, and "/<tab>/evil.example" is "//evil.example")
+        ok = back.startswith("/") and not back.startswith(("//", "/\\")) and back.isprintable()
         return web.HTTPSeeOther(back if ok else default)
 
     # --- login ---------------------------------------------------------------------------------------------
@@ -273,14 +284,15 @@ class Console:
     async def overview(self, request: web.Request) -> web.StreamResponse:
         querylog = self.backend.querylog
         since = local_midnight(self.clock())
-        rows = await self._rows(since=since, limit=None)
+        totals = await asyncio.to_thread(querylog.totals, since) if querylog is not None else ()
         alerts = await asyncio.to_thread(querylog.alerts, since) if querylog is not None else []
         return self._render(
             request,
             "overview.html",
             title="Overview",
             logging=querylog is not None,
-            today=overview(rows),
+            blocked_only=querylog is not None and querylog.privacy is Privacy.BLOCKED_ONLY,
+            today=overview(totals),
             alerts=[_alert(a) for a in alerts if a[7] == "fired"],
             lists=self.backend.lists_status(),
             upstreams=self.backend.upstreams_status(),
@@ -298,19 +310,19 @@ class Console:
         )
 
     async def _log_rows(self, wanted: LogFilter, since: float | None, limit: int) -> list[Record]:
+        """The newest `limit` rows that match, every filter applied by SQLite (a device's name through the
+        devices table): on a busy network the rows a filter wants may be hours back."""
         device = wanted.device
-        by_address = _is_address(device)
-        if by_address:  # SQL matches the address (under `privacy: hash-clients` the rows hold its keyed hash)
-            wanted = replace(wanted, device="")
-        in_python = bool(wanted.device or wanted.category or wanted.decision not in ("", "blocked"))
-        rows = await self._rows(
+        by_address = _is_address(device)  # (under `privacy: hash-clients` the rows hold the address's keyed hash)
+        return await self._rows(
             client=device if by_address else None,
+            device=None if by_address else device or None,
             group=wanted.group or None,
-            blocked=wanted.decision == "blocked",
+            decision=wanted.decision or None,
+            category=wanted.category or None,
             since=since,
-            limit=SCANNED if in_python else limit,
+            limit=limit,
         )
-        return [row for row in rows if wanted.matches(row)][:limit]
 
     async def querylog(self, request: web.Request) -> web.StreamResponse:
         wanted = self._filter(request)
@@ -351,19 +363,26 @@ class Console:
         back = "/log?" + urlencode({k: v for k, v in request.query.items() if k != "after"})
         row_template = self.env.get_template("row.html")
         for tick in range(LIVE_TICKS):
-            if self.stopping.is_set() or self.sessions.get(session.id) is None:
+            if self.stopping.is_set() or self.sessions.get(session.id) is None or _gone(request):
                 break
-            rows = [r for r in reversed(await self._log_rows(wanted, last, SHOWN)) if _key(r) not in seen]
-            if rows:
-                last = rows[-1].time
-                seen = {_key(r) for r in rows if r.time == last} | (seen if rows[0].time == last else set())
-                current = self._now(rows)
-                for row in rows:
-                    html = row_template.render(row=row, csrf=session.csrf, back=back, now=current)
-                    data = "".join(f"data: {line}\n" for line in html.splitlines() if line.strip())
-                    await response.write(f"event: row\nid: {last!r}\n{data}\n".encode())
-            elif tick % 15 == 0:
-                await response.write(b": still here\n\n")
+            try:
+                rows = [r for r in reversed(await self._log_rows(wanted, last, SHOWN)) if _key(r) not in seen]
+            except sqlite3.Error as exc:
+                log.error("admin page: the live log ends: cannot read the query log: %s", exc)
+                break
+            try:
+                if rows:
+                    last = rows[-1].time
+                    seen = {_key(r) for r in rows if r.time == last} | (seen if rows[0].time == last else set())
+                    current = self._now(rows)
+                    for row in rows:
+                        html = row_template.render(row=row, csrf=session.csrf, back=back, now=current)
+                        data = "".join(f"data: {line}\n" for line in html.splitlines() if line.strip())
+                        await response.write(f"event: row\nid: {last!r}\n{data}\n".encode())
+                elif tick % 15 == 0:
+                    await response.write(b": still here\n\n")
+            except ConnectionResetError:
+                break  # the browser left the page (or the phone slept): the end of this stream, not an error
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), LIVE_INTERVAL)
         return response
@@ -480,9 +499,16 @@ class Console:
 
 def _foreign(request: web.Request) -> bool:
     """A POST whose browser names another origin than this page's (no Origin header: not a browser's cross-site
-    form, which always sends one)."""
+    form, which always sends one). The host is compared, not the scheme: behind an HTTPS reverse proxy the
+    browser's origin is https://HOST while filterd is spoken to in plain HTTP."""
     origin = request.headers.get("Origin")
-    return origin is not None and origin != f"{request.scheme}://{request.host}"
+    return origin is not None and urlsplit(origin).netloc.lower() != request.host.lower()
+
+
+def _gone(request: web.Request) -> bool:
+    """The client of a long response has closed its connection (no need to look for rows for it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _is_address(text: str) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from filterd.querylog.record import Record
 from filterd.querylog.report import LABELS
+from filterd.querylog.store import Totals
 
 #: The decisions a row can carry, in the order the overview lists them.
 DECISIONS = ("blocked", "forwarded", "cached", "local", "refused", "error")
@@ -44,7 +45,9 @@ def local_midnight(now: float) -> float:
     return time.mktime((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0, 0, 0, -1))
 
 
-def overview(rows: Iterable[Record], top: int = 10) -> Overview:
+def tally(rows: Iterable[Record], top: int = 10) -> Totals:
+    """What `QueryLog.totals` counts in SQL, counted from rows in Python (newest first, as `rows()` gives them):
+    the tests' oracle for it."""
     decisions: Counter[str] = Counter()
     categories: Counter[str] = Counter()
     names: Counter[str] = Counter()
@@ -59,18 +62,30 @@ def overview(rows: Iterable[Record], top: int = 10) -> Overview:
         names[row.name] += row.count
         hours[time.localtime(row.time).tm_hour] += row.count
         blocked_by[row.client] += row.count
-        devices.setdefault(row.client, (row.device or row.client, row.group))
-    order = [d for d in DECISIONS if decisions[d]] + sorted(d for d in decisions if d not in DECISIONS)
+        devices.setdefault(row.client, (row.device, row.group))
+    return Totals(
+        dict(decisions),
+        dict(categories.most_common()),
+        tuple(hours),
+        tuple((client, *devices[client], n) for client, n in blocked_by.most_common(top)),
+        tuple(names.most_common(top)),
+    )
+
+
+def overview(totals: Totals | Iterable[Record], top: int = 10) -> Overview:
+    """The overview of a span of the log: from `QueryLog.totals` (what the page does), or from rows."""
+    if not isinstance(totals, Totals):
+        totals = tally(totals, top)
+    decisions = totals.decisions
+    order = [d for d in DECISIONS if decisions.get(d)] + sorted(d for d in decisions if d not in DECISIONS)
     return Overview(
         queries=sum(decisions.values()),
         by_decision=tuple((d, decisions[d]) for d in order),
-        blocked=decisions["blocked"],
-        by_category=tuple((c, LABELS.get(c, ""), n) for c, n in categories.most_common()),
-        by_hour=tuple(hours),
-        devices=tuple(
-            DeviceCount(devices[client][0], client, devices[client][1], n) for client, n in blocked_by.most_common(top)
-        ),
-        top_blocked=tuple(names.most_common(top)),
+        blocked=decisions.get("blocked", 0),
+        by_category=tuple((c, LABELS.get(c, ""), n) for c, n in totals.categories.items()),
+        by_hour=totals.hours,
+        devices=tuple(DeviceCount(device or client, client, group, n) for client, device, group, n in totals.devices),
+        top_blocked=totals.names,
     )
 
 

@@ -5,6 +5,8 @@ CSRF, every page and every action, and the escaping of what comes from the log."
 from __future__ import annotations
 
 import http.client
+import logging
+import random
 import re
 import socket
 import textwrap
@@ -20,6 +22,8 @@ import dns.query
 import dns.rcode
 import pytest
 
+from filterd.querylog.record import Record
+from filterd.web.dashboard import local_midnight, overview
 from tests.support import Dnsmasq, RunningFilterd, addresses
 
 Start = Callable[..., RunningFilterd]
@@ -110,7 +114,7 @@ CONFIG = """
     admin:
       listen: 127.0.0.1:0
       {admin_extra}
-    querylog: {{retention: 14d}}
+    querylog: {querylog}
     lists:
       - builtin: chat-roulette
       - {{name: extra, path: {extra}}}
@@ -125,12 +129,22 @@ CONFIG = """
 
 
 def start_console(
-    start_filterd: Start, dnsmasq: Dnsmasq, tmp_path: Path, admin_extra: str = "", **options: object
+    start_filterd: Start,
+    dnsmasq: Dnsmasq,
+    tmp_path: Path,
+    admin_extra: str = "",
+    querylog: str = "{retention: 14d}",
+    **options: object,
 ) -> tuple[RunningFilterd, Page, str]:
     extra = tmp_path / "extra.txt"
     extra.write_text("# category: games\ngames.example\n")
     text = CONFIG.format(
-        upstream=dnsmasq.address, kids=KIDS, state=tmp_path / "state", extra=extra, admin_extra=admin_extra
+        upstream=dnsmasq.address,
+        kids=KIDS,
+        state=tmp_path / "state",
+        extra=extra,
+        admin_extra=admin_extra,
+        querylog=querylog,
     )
     server = start_filterd(textwrap.dedent(text), **options)
     assert server.app is not None and server.app.listening.admin is not None
@@ -196,6 +210,21 @@ def test_a_session_expires_after_session_ttl(start_filterd: Start, dnsmasq: Dnsm
     assert (reply.status, reply.location) == (302, "/login")
 
 
+def test_the_page_works_behind_an_https_reverse_proxy(console: tuple[RunningFilterd, Page, str]) -> None:
+    """The README's advice for a school: an HTTPS proxy in front passes the browser's Host, but its Origin says
+    https:// while filterd itself is spoken to in http://; the same host is still this page."""
+    _server, page, token = console
+    proxied = {"Host": "filter.school.example", "Origin": "https://filter.school.example"}
+    login = page.request("POST", "/login", {"token": token}, headers=proxied)
+    assert login.status == 303 and "filterd_session" in page.cookies
+    csrf = page.csrf()
+    reply = page.request("POST", "/block", {"name": "games2.example", "csrf": csrf}, headers=proxied)
+    assert reply.status == 303
+    other_site = {"Host": "filter.school.example", "Origin": "https://evil.example"}
+    reply = page.request("POST", "/reset", {"name": "games2.example", "csrf": csrf}, headers=other_site)
+    assert reply.status == 403
+
+
 def test_wrong_tokens_are_limited_per_client(console: tuple[RunningFilterd, Page, str]) -> None:
     server, page, token = console
     foreign = page.request("POST", "/login", {"token": token}, headers={"Origin": "http://evil.example"})
@@ -259,6 +288,9 @@ def test_a_blocked_attempt_is_on_the_log_and_allow_unblocks_it(console: tuple[Ru
     assert "video.omegle.com" in lists.body
     reply = page.post("/reset", name="video.omegle.com", csrf=csrf, back="//evil.example/")
     assert (reply.status, reply.location) == (303, "/lists")  # only a path on this server
+    for sneaky in ("/\t/evil.example/", "/\n/evil.example/", "/\x0b/evil.example/"):  # browsers drop tabs, newlines
+        reply = page.post("/reset", name="video.omegle.com", csrf=csrf, back=sneaky)
+        assert (reply.status, reply.location) == (303, "/lists"), sneaky
     assert addresses(ask(server, "video.omegle.com")) == SINKHOLE
     assert page.post("/block", name="example.org", csrf=csrf).status == 303
     assert addresses(ask(server, "example.org")) == SINKHOLE
@@ -302,6 +334,128 @@ def test_the_live_log_streams_new_rows(console: tuple[RunningFilterd, Page, str]
     assert b"event: row" in seen and b"ome.tv" in seen and b"kids-tablet.lan" in seen
     assert b"chatroulette.com" not in seen
     assert b'name="csrf"' in seen  # the row's Allow button works like the page's own
+
+
+def test_a_live_log_left_by_its_browser_ends_quietly(
+    console: tuple[RunningFilterd, Page, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, page, token = console
+    page.login(token)
+    conn = http.client.HTTPConnection("127.0.0.1", page.port, timeout=10)
+    conn.request("GET", "/log/live", headers={"Cookie": f"filterd_session={page.cookies['filterd_session']}"})
+    response = conn.getresponse()
+    assert response.status == 200
+    response.readline()  # the stream has begun (its first comment)
+    conn.sock.close()  # the parent closes the tab: the next row has nowhere to go
+    conn.close()
+    ask(server, "ome.tv")
+    wait_for_log(server, "ome.tv")
+    time.sleep(2.5)  # the stream looks for rows once a second
+    failed = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not failed, failed  # not "a request failed (answered 500)" with a traceback each time
+
+
+def test_the_overview_is_counted_by_sqlite_not_row_by_row(
+    console: tuple[RunningFilterd, Page, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, page, token = console
+    assert server.app is not None and server.app.querylog is not None
+    querylog = server.app.querylog
+    now = time.time()
+    midnight = local_midnight(now)
+    rng = random.Random(19)
+    for _ in range(3000):
+        blocked = rng.random() < 0.4
+        when = midnight + rng.uniform(-3600, now - midnight)  # some of it yesterday: not today's
+        category = rng.choice(["chat-roulette-video", "games", ""]) if blocked else ""
+        decision = "blocked" if blocked else rng.choice(["forwarded", "cached"])
+        querylog.add((when, f"127.0.0.{rng.randrange(2, 30)}", rng.choice(["", "children"]),
+                      f"n{rng.randrange(40)}.example", "A", decision,
+                      rng.choice(["chat-roulette", "extra", ""]) if blocked else "", category, 1.0))  # fmt: skip
+    rows = querylog.rows(since=midnight, limit=None)
+    assert overview(querylog.totals(midnight)) == overview(rows)  # the same numbers as from every row
+
+    def every_row(*args: object, **filters: object) -> list[Record]:
+        if filters.get("limit", 1000) is None:
+            raise AssertionError("the overview read every row of the day into Python")
+        return rows
+
+    monkeypatch.setattr(querylog, "rows", every_row)
+    page.login(token)
+    body = page.get("/").body
+    assert f"<dd>{sum(row.count for row in rows)}</dd>" in body
+
+
+def test_log_filters_find_rows_hours_back_on_a_busy_network(console: tuple[RunningFilterd, Page, str]) -> None:
+    server, page, token = console
+    assert server.app is not None and server.app.querylog is not None
+    querylog = server.app.querylog
+    ask(server, "example.org")  # kids-tablet.lan gets its devices row (its name)
+    wait_for_log(server, "example.org")
+    now = time.time()
+    querylog.add((now - 7200, KIDS, "children", "morning.example", "A", "blocked", "extra", "games", 0.0))
+    for i in range(6000):  # the rest of the network since: newer rows than the ones the filters want
+        querylog.add((now - 3600 + i * 0.5, OTHER, "", f"n{i}.example", "A", "forwarded", "", "", 1.0))
+    querylog.flush()
+    page.login(token)
+    for wanted in ({"device": "kids-tablet.lan"}, {"category": "games"}, {"category": "extra"}):
+        body = page.get("/log?" + urlencode(wanted | {"since": "24h"})).body
+        assert "morning.example" in body, wanted
+    assert "morning.example" not in page.get("/log?" + urlencode({"device": "kids-tablet.lan", "since": "1h"})).body
+    assert "n5999.example" in page.get("/log?" + urlencode({"decision": "forwarded"})).body
+
+
+def test_a_damaged_query_log_file_is_named_and_the_rest_still_works(
+    console: tuple[RunningFilterd, Page, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, page, token = console
+    assert server.app is not None and server.app.querylog is not None
+    path = server.app.querylog.path
+    ask(server, "example.org")
+    wait_for_log(server, "example.org")
+    page.login(token)
+    for part in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), path):
+        part.unlink(missing_ok=True)
+    path.write_bytes(b"not a database, whatever wrote it " * 4096)
+    for wanted in ("/", "/log", "/safeguarding"):
+        reply = page.get(wanted)
+        assert reply.status == 503 and f"The query log ({path}) cannot be read" in reply.body, wanted
+    assert page.get("/lists").status == 200 and page.get("/check?name=omegle.com").status == 200
+    conn = http.client.HTTPConnection("127.0.0.1", page.port, timeout=10)
+    conn.request("GET", "/log/live", headers={"Cookie": f"filterd_session={page.cookies['filterd_session']}"})
+    response = conn.getresponse()
+    assert response.status == 200
+    response.read()  # the stream ends at once
+    conn.close()
+    assert "answered 500" not in caplog.text
+    assert addresses(ask(server, "omegle.com")) == SINKHOLE  # DNS goes on
+
+
+def test_under_blocked_only_the_overview_gives_no_share(start_filterd: Start, dnsmasq: Dnsmasq, tmp_path: Path) -> None:
+    options = "{retention: 14d, privacy: blocked-only}"
+    server, page, token = start_console(start_filterd, dnsmasq, tmp_path, querylog=options)
+    for name in ("omegle.com", "example.org", "example.com"):
+        ask(server, name)
+    wait_for_log(server, "omegle.com")
+    page.login(token)
+    body = page.get("/").body
+    assert "100.0%" not in body and "Blocked share" not in body  # one of three queries, not all of them
+    assert "only blocked queries" in body and "<dd>1</dd>" in body
+
+
+def test_under_hash_clients_a_rows_why_link_checks_the_name(
+    start_filterd: Start, dnsmasq: Dnsmasq, tmp_path: Path
+) -> None:
+    options = "{retention: 14d, privacy: hash-clients}"
+    server, page, token = start_console(start_filterd, dnsmasq, tmp_path, querylog=options)
+    ask(server, "omegle.com")
+    wait_for_log(server, "omegle.com")
+    page.login(token)
+    links = re.findall(r'href="(/check\?[^"]+)"', page.get("/log").body)
+    assert links and "h%3A" not in links[0]  # the keyed hash is not an address `check` can take
+    body = page.get(links[0].replace("&amp;", "&")).body
+    assert "omegle.com</strong>: blocked" in body or "omegle.com: blocked" in re.sub(r"<[^>]+>", "", body)
+    assert "is not an IP address" not in body
 
 
 def test_check_lists_groups_and_safeguarding_pages(console: tuple[RunningFilterd, Page, str], tmp_path: Path) -> None:
