@@ -319,3 +319,32 @@ def test_local_entries_are_counted_in_metrics_across_a_reload(tmp_path: Path, dn
         assert server.metric("filterd_blocklist_entries", list="extra") == 1
     finally:
         server.stop()
+
+
+def test_a_connection_that_never_finishes_its_request_is_closed(
+    tmp_path: Path, dnsmasq: Dnsmasq, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin page may be on the LAN: a client that opens connections and sends nothing, or half a request,
+    cannot hold them (and the server's file descriptors) for ever."""
+    import socket
+
+    from filterd.web import admin
+
+    monkeypatch.setattr(admin, "IDLE", 1.0)
+    server = RunningFilterd(_config(tmp_path, dnsmasq, free_port()))
+    server.start()
+    try:
+        assert server.app is not None and server.app.listening.admin is not None
+        address = ("127.0.0.1", server.app.listening.admin.port)
+        silent = socket.create_connection(address, timeout=10)
+        partial = socket.create_connection(address, timeout=10)
+        partial.sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        started = time.monotonic()
+        assert silent.recv(100) == b"" and partial.recv(100) == b""  # closed by the server
+        assert time.monotonic() - started < 8
+        silent.close()
+        partial.close()
+        status, _ = _api(server, "/api/status", None)
+        assert status == 401  # still serving
+    finally:
+        server.stop()
