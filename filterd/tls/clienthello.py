@@ -9,8 +9,9 @@ The HTTPS block page peeks at these bytes (they stay in the socket for the TLS h
 that must be minted is minted in a worker thread before the handshake, not in OpenSSL's SNI callback on the event
 loop. Where this parser is stricter or looser than OpenSSL, the handshake that follows still decides; the rules
 kept here are OpenSSL's for what reaches its SNI callback (RFC 8446 4.1.2, RFC 6066 3): handshake records of TLS
-major version 3, a ClientHello of legacy_version TLS 1.2 or later (TLS 1.3 sends 1.2), possibly split across several
-records, and a server_name extension of exactly one host_name of 1 to 255 bytes without a zero byte.
+major version 3, a ClientHello of legacy_version TLS 1.0 or later (TLS 1.3 sends 1.2; OpenSSL refuses SSL 3 even
+when a supported_versions extension offers more), possibly split across several records, and a server_name
+extension of exactly one host_name of 1 to 255 bytes without a zero byte.
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def server_name(data: bytes) -> bytes | None:
     """The SNI host name of the ClientHello at the start of `data` (as sent: not yet checked as a host name), or
     None when it names none; `Incomplete` or `ClientHelloError` otherwise (see the module's docstring)."""
     hello = _Reader(handshake_message(data))
-    if hello.number(2, "legacy_version") < 0x0303:
-        raise ClientHelloError("a ClientHello older than TLS 1.2")
+    version = hello.number(2, "legacy_version")
+    if version >> 8 != 3 or version <= 0x0300:  # TLS 1.0 or later (OpenSSL then decides, by supported_versions too)
+        raise ClientHelloError("a ClientHello of SSL 3 or older")
     hello.take(32, "random")
     if len(hello.vector(1, "legacy_session_id")) > 32:
         raise ClientHelloError("ClientHello: a session id longer than 32 bytes")

@@ -116,7 +116,7 @@ def test_a_hello_split_across_records(hello: bytes) -> None:
         (b"\x16\x03\x01\x40\x01", "a handshake record of 16385 bytes"),
         (b"\x16\x03\x01\x00\x04\x02\x00\x00\x00", "not a ClientHello"),
         (b"\x16\x03\x01\x00\x04\x01\x01\x00\x00", "a ClientHello of 65536 bytes"),
-        (b"\x16\x03\x01\x00\x06\x01\x00\x00\x02\x03\x01", "older than TLS 1.2"),
+        (b"\x16\x03\x01\x00\x06\x01\x00\x00\x02\x03\x00", "SSL 3 or older"),
         (b"\x16\x03\x01\x00\x06\x01\x00\x00\x02\x03\x03", "random runs past its end"),
     ],
 )
