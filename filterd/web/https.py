@@ -1,13 +1,15 @@
 """The block page over HTTPS (`blockpage.https: {mode: local-ca}`): TLS in front of the same aiohttp app.
 
-Each connection gets its own TLS context (`Certificates.server_context(client_ip)`), because the SNI callback
-must know who asks: a name is given a certificate only if filterd blocks it for that client's group. So this
-listener accepts connections itself and hands each, with its context, to `loop.connect_accepted_socket`, which
-does the handshake and then gives the TLS transport to the app's request handler (as aiohttp's own server
-would). A handshake that fails (an alert we sent, a client that does not trust the CA, a timeout) closes the
-connection; it never reaches aiohttp. At most `max_handshakes` handshakes run at once, and `per_client` from
-one address; past that, a new connection is closed at once (a client holding handshakes open cannot lock the
-others out).
+A name is given a certificate only if filterd blocks it for the client's group, so this listener accepts
+connections itself. For each, it first peeks at the ClientHello (the bytes stay in the socket) and reads its
+server name (`filterd/tls/clienthello.py`), asks `Certificates.prepare(name, client_ip)` for the leaf (a new one
+is minted in a worker thread, so a flood of new names does not stall DNS on the same event loop), then hands the
+socket, with a TLS context whose SNI callback only switches to that leaf, to `loop.connect_accepted_socket`,
+which does the handshake and gives the TLS transport to the app's request handler (as aiohttp's own server
+would). A name that gets no certificate gets the TLS alert at once, without a handshake; bytes that are not a
+ClientHello, and a handshake that fails (a client that does not trust the CA, a timeout), close the connection;
+neither reaches aiohttp. At most `max_handshakes` handshakes run at once, and `per_client` from one address;
+past that, a new connection is closed at once (a client holding handshakes open cannot lock the others out).
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import ssl
 
 from aiohttp import web
 
-from filterd.tls.leaves import Certificates
+from filterd.tls.clienthello import MAX_BYTES, ClientHelloError, Incomplete, server_name
+from filterd.tls.leaves import ERROR, Certificates
 
 log = logging.getLogger(__name__)
 
 #: A TLS record of type alert, and an alert's level fatal (RFC 8446 5.1, 6).
 _ALERT = 21
 _FATAL = 2
-#: Seconds a client has to finish the TLS handshake.
+#: Seconds a client has to finish the TLS handshake (its ClientHello included).
 HANDSHAKE_TIMEOUT = 10.0
 #: Handshakes in progress at once, for all clients and for one client address.
 MAX_HANDSHAKES = 256
@@ -84,13 +87,34 @@ class HttpsListener:
     async def _handshake(self, conn: socket.socket, client: str) -> None:
         server = self.runner.server
         assert server is not None
-        context = self.certificates.server_context(client, lambda description: send_alert(conn, description))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.handshake_timeout
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                server, conn, ssl=context, ssl_handshake_timeout=self.handshake_timeout
-            )
+            try:
+                name = await peek_server_name(conn, deadline)
+            except ClientHelloError:  # not TLS, too long, given up, too slow: closed, as the handshake would fail
+                refuse(conn, None)
+                return
+            leaf, result = await self.certificates.prepare(name, client)
+            if leaf is None:  # no certificate for this name and client: the alert, no handshake at all
+                failed = result == ERROR
+                refuse(
+                    conn, ssl.ALERT_DESCRIPTION_INTERNAL_ERROR if failed else ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+                )
+                return
+            assert name is not None  # prepare() refuses a ClientHello without one, and one that is not ASCII
+            prepared = (name.decode("ascii"), leaf)
+            context = self.certificates.server_context(client, lambda alert: send_alert(conn, alert), prepared)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                conn.close()
+                return
+            await loop.connect_accepted_socket(server, conn, ssl=context, ssl_handshake_timeout=remaining)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
-            conn.close()  # an alert sent, a certificate the client did not trust, a timeout: nothing to serve
+            conn.close()  # a certificate the client did not trust, a timeout, a reset: nothing to serve
+        except asyncio.CancelledError:  # the listener is closing
+            conn.close()
+            raise
         finally:
             left = self.clients.pop(client, 1) - 1
             if left > 0:
@@ -112,3 +136,62 @@ def send_alert(conn: socket.socket, description: int) -> None:
     and the client would see only an EOF instead of why (`unrecognized name`)."""
     with contextlib.suppress(OSError):  # a client already gone: nothing to tell
         conn.send(bytes((_ALERT, 3, 3, 0, 2, _FATAL, description)))
+
+
+def refuse(conn: socket.socket, description: int | None) -> None:
+    """Close a connection without a handshake, after the alert if one is given. What the client sent is read
+    first: a socket closed with unread bytes sends a reset, which could reach the client before the alert."""
+    with contextlib.suppress(OSError):  # nothing there (BlockingIOError), or a client already gone
+        conn.recv(MAX_BYTES)
+    if description is not None:
+        send_alert(conn, description)
+    conn.close()
+
+
+async def peek_server_name(conn: socket.socket, deadline: float) -> bytes | None:
+    """The SNI name of the ClientHello waiting in `conn` (None: it names none), read with MSG_PEEK so that the
+    TLS handshake still reads it all; `ClientHelloError` if the bytes are no ClientHello, the client closes, or
+    it is not whole by `deadline` (the loop's clock). A ClientHello split across TCP segments is peeked again as
+    they come: the socket's low-water mark (SO_RCVLOWAT) is set to the bytes still needed, so the loop is woken
+    once they are there, not for every segment nor in a busy loop."""
+    seen = 0
+    needed = 1
+    try:
+        while True:
+            if needed > 1:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, needed)
+            await _readable(conn, deadline)
+            try:
+                data = conn.recv(MAX_BYTES, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if len(data) <= seen:  # nothing new although readable: the client closed (or sent nothing at all)
+                raise ClientHelloError("the client closed before its ClientHello was whole")
+            seen = len(data)
+            try:
+                return server_name(data)
+            except Incomplete as more:
+                needed = more.needed
+    finally:
+        if needed > 1:
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+
+async def _readable(conn: socket.socket, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fd = conn.fileno()
+    loop.add_reader(fd, ready)
+    try:
+        async with asyncio.timeout_at(deadline):
+            await waiter
+    except TimeoutError:
+        raise ClientHelloError("no whole ClientHello within the handshake timeout") from None
+    finally:
+        loop.remove_reader(fd)

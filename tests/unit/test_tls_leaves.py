@@ -3,9 +3,13 @@ before it expires or after a rotation's switch date (injected clocks), and flood
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import ssl
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -14,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from filterd.tls import ca
 from filterd.tls.leaves import (
     CACHED,
+    ERROR,
     MINTED,
     NO_SNI,
     NOT_BLOCKED,
@@ -152,3 +157,85 @@ def test_the_leaf_key_stays_in_a_private_folder(authority: ca.Authority) -> None
     assert sorted(p.name for p in folder.iterdir()) == ["leaf.key"]  # each certificate file is removed once loaded
     certs.close()
     assert not folder.exists()
+
+
+def handshake(context: ssl.SSLContext, name: str) -> None:
+    """A TLS handshake in memory, a client naming `name` against the server `context`; raises what the client
+    gets (an alert) when the server refuses."""
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls_client = client.wrap_bio(to_client, to_server, server_hostname=name)
+    tls_server = context.wrap_bio(server_in, server_out, server_side=True)
+    for _ in range(10):
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls_client.do_handshake()
+            return
+        server_in.write(to_server.read())
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLError):  # the server's alert goes to the client
+            tls_server.do_handshake()
+        to_client.write(server_out.read())
+    raise AssertionError("no handshake in 10 rounds")
+
+
+async def test_prepare_mints_in_a_worker_thread_and_counts(authority: ca.Authority) -> None:
+    counted: list[str] = []
+    threads: list[str] = []
+    certs = Certificates(authority, blocked, counted.append, clock=Clock(NOW.timestamp()))
+    mint = certs._mint
+
+    def minting(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return mint(*args)
+
+    certs._mint = minting  # type: ignore[method-assign,assignment]
+    context, result = await certs.prepare(b"omegle.blocked.test", "10.0.0.1")
+    assert result == MINTED and context is not None
+    assert threads == ["filterd-leaves_0"]  # not the event loop's thread
+    assert await certs.prepare(b"omegle.blocked.test", "10.0.0.1") == (context, CACHED)
+    assert await certs.prepare(None, "10.0.0.1") == (None, NO_SNI)
+    assert await certs.prepare("\u00e9.blocked.test".encode(), "10.0.0.1") == (None, NOT_BLOCKED)  # not ASCII
+    assert counted == [MINTED, CACHED, NO_SNI, NOT_BLOCKED]
+    handshake(certs.server_context("10.0.0.1", prepared=("omegle.blocked.test", context)), "omegle.blocked.test")
+    certs.close()
+
+
+async def test_a_name_asked_by_several_connections_at_once_is_minted_once(authority: ca.Authority) -> None:
+    limits = LeafLimits(client_burst=1.0)  # one token: a second mint would be rate limited
+    certs, _ = make(authority, Clock(NOW.timestamp()), limits)
+    results = await asyncio.gather(*(certs.prepare(b"a.blocked.test", "10.0.0.1") for _ in range(3)))
+    assert [result for _, result in results] == [MINTED, CACHED, CACHED]
+    assert len({id(context) for context, _ in results}) == 1 and list(certs.cache) == ["a.blocked.test"]
+    assert certs.minting == {}
+    certs.close()
+
+
+async def test_a_failed_mint_is_an_error_logged_once(authority: ca.Authority) -> None:
+    errors: list[str] = []
+    certs = Certificates(authority, blocked, lambda _: None, on_error=lambda name, exc: errors.append(name))
+
+    def failing(*args: Any) -> Any:
+        raise ValueError("no")
+
+    certs._mint = failing  # type: ignore[method-assign,assignment]
+    results = await asyncio.gather(*(certs.prepare(b"a.blocked.test", "10.0.0.1") for _ in range(2)))
+    assert results == [(None, ERROR), (None, ERROR)]
+    assert errors == ["a.blocked.test"] and certs.cache == {} and certs.minting == {}
+    certs.close()
+
+
+def test_the_sni_callback_never_mints(authority: ca.Authority) -> None:
+    """Only the prepared leaf or a cached one: a blocked name nobody prepared gets the alert, and no leaf."""
+    certs, _ = make(authority, Clock(NOW.timestamp()))
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+        handshake(certs.server_context("10.0.0.1"), "a.blocked.test")
+    assert certs.cache == {}
+    certs.leaf_for("a.blocked.test", "10.0.0.1")
+    handshake(certs.server_context("10.0.0.1"), "a.blocked.test")  # a cached leaf is found
+    prepared = certs.cache["a.blocked.test"].context
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):  # OpenSSL read another name than the listener
+        handshake(certs.server_context("10.0.0.1", prepared=("a.blocked.test", prepared)), "b.blocked.test")
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):  # and a cached name stays refused when allowed
+        handshake(certs.server_context("10.0.0.9"), "a.blocked.test")
