@@ -9,13 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from filterd.dns.wire import Question, qtype_label
+from filterd.dns.wire import QTYPE_LABELS, Question
 from filterd.pipeline.base import Answer, Decision, Query
 from filterd.querylog.store import QueryLog, Tail
 from filterd.safeguarding.engine import Alert, AlertEngine
 from filterd.transport.fastpath import Entry
 
-_NOT_LOGGED = frozenset({Decision.RATELIMITED, Decision.DROPPED})
+#: Each decision as the log stores it (plain strings: the writer marshals them); those not logged are absent.
+_DECISION_TEXT: dict[Decision, str] = {
+    d: d.value for d in Decision if d not in (Decision.RATELIMITED, Decision.DROPPED)
+}
 
 
 class QueryEvents:
@@ -37,12 +40,26 @@ class QueryEvents:
 
     def answered(self, query: Query, answer: Answer) -> None:
         decision = answer.decision
-        if decision in _NOT_LOGGED:
-            return  # a flood's queries: counted in metrics, not worth a row each
+        text = _DECISION_TEXT.get(decision)
+        if text is None:
+            return  # rate limited or dropped: a flood's queries, counted in metrics, not worth a row each
         group = "" if query.group is None else query.group.name
-        if self.querylog is not None:
-            ms = (time.perf_counter() - query.received) * 1000 if query.received else 0.0
-            self.querylog.log(query.client_ip, log_tail(group, query.question, answer), self.clock(), ms)
+        querylog = self.querylog
+        if querylog is not None:
+            q = query.question
+            blocked = decision is Decision.BLOCKED
+            tail = (
+                group,
+                q.qname,
+                QTYPE_LABELS.get(q.qtype, "other"),
+                text,
+                answer.reason if blocked else "",
+                answer.category,
+            )
+            received = query.received
+            querylog.log(
+                query.client_ip, tail, self.clock(), (time.perf_counter() - received) * 1000 if received else 0.0
+            )
         if decision is Decision.BLOCKED and self.engine is not None:
             self._observe(query.client_ip, group, query.question.qname, answer)
 
@@ -74,7 +91,7 @@ def log_tail(group: str, question: Question, answer: Answer) -> Tail:
     return (
         group,
         question.qname,
-        qtype_label(question.qtype),
+        QTYPE_LABELS.get(question.qtype, "other"),
         decision.value,
         answer.reason if blocked else "",
         answer.category,

@@ -16,6 +16,7 @@ writer that died is started again at the next batch.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -42,6 +43,9 @@ _SELECT = (
 )
 #: Answers noted in one page before a new one is started; marshalling a page holds the GIL for about a millisecond.
 PAGE = 4096
+#: The pipe to the writer holds a whole second of a busy network's pages (64 KB by default): the writer thread
+#: then hands the event loop's lock over once a page, not once every 64 KB.
+PIPE_SIZE = 1 << 20
 #: (group, name, qtype, decision, list, category): what a logged answer says, besides who asked and when
 Tail = tuple[str, str, str, str, str, str]
 #: (time, client IP, group, name, qtype, decision, list, category, ms): one answered query, as tests hand it over
@@ -211,6 +215,9 @@ class QueryLog:
                 )
             except OSError as exc:
                 raise WriterError(f"cannot start the writer process: {exc}") from exc
+            if hasattr(fcntl, "F_SETPIPE_SZ") and child.stdin is not None:
+                with contextlib.suppress(OSError):  # (capped by /proc/sys/fs/pipe-max-size: 1 MB by default)
+                    fcntl.fcntl(child.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             self._child, self._child_path = child, self.path
         return child
 

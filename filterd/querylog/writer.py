@@ -232,6 +232,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m filterd.querylog.writer DATABASE", file=sys.stderr)
         return 2
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the server's answers come first; the rows wait a little when the cores are busy
     writer = Writer(Path(argv[0]))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
