@@ -249,3 +249,20 @@ def test_ddr_designates_filterds_own_endpoints(served: RunningFilterd) -> None:
 def test_no_ddr_without_encrypted_listeners(filterd: RunningFilterd) -> None:
     reply = filterd.query("_dns.resolver.arpa", "SVCB")
     assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # bypass protection's NODATA
+
+
+def test_check_explains_ddr_when_it_answers(served: RunningFilterd, filterd: RunningFilterd) -> None:
+    """`filterd check _dns.resolver.arpa` says what a client gets: filterd's own endpoints while it serves DoT/DoH
+    (live and --offline), bypass protection's NODATA otherwise."""
+    from filterd.app import offline_check
+
+    assert served.app is not None and filterd.app is not None
+    dot, doh = _ports(served)
+    for result in (served.app.check("_dns.resolver.arpa"), served.app.check(f"_dns.{NAME}")):
+        assert result["decision"] == "local", result
+        assert "RFC 9462" in result["reason"] and NAME in result["reason"]
+        assert f"DNS over TLS on port {dot}" in result["reason"] and f"DNS over HTTPS on port {doh}" in result["reason"]
+    offline = offline_check(served.app.config, "_dns.resolver.arpa")
+    assert offline["decision"] == "local" and NAME in offline["reason"], offline
+    plain = filterd.app.check("_dns.resolver.arpa")
+    assert plain["decision"] == "blocked" and "NODATA" in plain["reason"]
