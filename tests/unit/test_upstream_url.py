@@ -145,3 +145,30 @@ def test_an_unpinned_name_needs_a_plain_resolver(tmp_path: Path) -> None:
     assert [str(u) for u in resolve_upstreams(pinned, resolv)] == ["tls://dns.example@192.0.2.1"]
     resolv.write_text("nameserver 192.0.2.53\n")
     assert resolve_upstreams(lone, resolv) == lone.dns.upstreams  # resolv.conf's resolver is the bootstrap
+
+
+def test_doh_and_dot_may_not_share_a_port_with_another_listener(tmp_path: Path) -> None:
+    """The HTTPS block page's 443 and DoH's default 443 on one address (or a wildcard) is a config error naming both
+    keys, not a start that fails with the port 'held by filterd'."""
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / name).write_text("PEM")
+    text = """dns:
+  listen: [10.0.0.53]
+  tls_listen: [10.0.0.53]
+  https_listen: [10.0.0.53, "10.0.0.53:853", "[::1]:8443"]
+tls: {cert: cert.pem, key: key.pem}
+metrics: {listen: "[::]:8443"}
+blockpage:
+  listen: [10.0.0.53]
+  https: {mode: local-ca, listen: ["0.0.0.0:443"]}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", base_dir=tmp_path)
+    problems = info.value.problems
+    assert problems[:2] == [
+        "f.yaml:4: dns.https_listen: 10.0.0.53:853 is also dns.tls_listen: one port, one listener",
+        "f.yaml:4: dns.https_listen: [::1]:8443 is also metrics.listen: one port, one listener",
+    ]
+    assert len(problems) == 3 and "blockpage.https.listen" in problems[2] and "overlaps dns.https_listen" in problems[2]
+    fine = text.replace('[10.0.0.53, "10.0.0.53:853", "[::1]:8443"]', '["10.0.0.53:8443"]')
+    assert [str(e) for e in parse_config(fine, "f.yaml", base_dir=tmp_path).dns.https_listen] == ["10.0.0.53:8443"]
