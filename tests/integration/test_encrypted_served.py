@@ -266,3 +266,50 @@ def test_check_explains_ddr_when_it_answers(served: RunningFilterd, filterd: Run
     assert offline["decision"] == "local" and NAME in offline["reason"], offline
     plain = filterd.app.check("_dns.resolver.arpa")
     assert plain["decision"] == "blocked" and "NODATA" in plain["reason"]
+
+
+def test_connections_that_never_start_tls_are_bounded_per_client(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, pki: Pki
+) -> None:
+    """A client that opens connections and never sends a ClientHello holds at most its share of DoT and DoH, as on
+    TCP; before, each was held for the whole handshake timeout, without bound (500 from one address)."""
+    from filterd.transport.tcp import TcpLimits
+
+    server = start_filterd(
+        f"""
+        dns:
+          listen: ["127.0.0.1:0"]
+          upstreams: ["{dnsmasq.address}"]
+          tls_listen: ["127.0.0.1:0"]
+          https_listen: ["127.0.0.1:0"]
+        tls: {{cert: {pki.cert}, key: {pki.key}}}
+    """,
+        tcp=TcpLimits(max_connections_per_client=3, idle_timeout=5),
+    )
+    for port in _ports(server):
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(12)]
+        try:
+            time.sleep(0.5)
+            assert sum(_still_open(sock) for sock in held) == 3, port
+            # another client address is served meanwhile
+            other = client_context(pki.ca).wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)),
+                server_hostname=NAME,
+            )
+            other.close()
+        finally:
+            for sock in held:
+                sock.close()
+    # once they are gone, the client is served again
+    assert addresses(_dot(server, pki, "example.org")) == ["192.0.2.10"]
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Not closed by filterd (which sends nothing before the client's hello)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
