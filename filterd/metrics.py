@@ -133,8 +133,8 @@ class TcpCollector(Collector):
         closed = CounterMetricFamily(
             "filterd_tcp_closed",
             "TCP connections filterd closed to protect other clients: refused (its client, or the server, at the "
-            "connection limit with none idle), evicted (the oldest idle, for a new one), stuck (replies unread for "
-            "the idle timeout).",
+            "connection limit with none idle), evicted (the oldest idle, for a new one), stuck (replies unread, or a "
+            "DNS over HTTPS request left unfinished, for the idle timeout).",
             labels=["reason"],
         )
         for reason in self.REASONS:

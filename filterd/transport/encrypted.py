@@ -24,7 +24,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from filterd.config.schema import Endpoint
 from filterd.transport.certs import ServerCertificates
-from filterd.transport.doh import DohApp
+from filterd.transport.doh import Activity, DohApp
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
 
@@ -46,7 +46,9 @@ class EncryptedListeners:
         self._dot = TcpServer(handler, limits, protocol="tls")
         self._doh_config = _hypercorn_config(limits)
         self._doh_context = WorkerContext(None)
-        self._doh_app = ASGIWrapper(DohApp(handler))  # type: ignore[arg-type]  # an ASGI 3 callable
+        #: Each DoH connection's activity, by client address and port: see `_doh_deadline`.
+        self._doh_activity: dict[tuple[str, int], Activity] = {}
+        self._doh_app = ASGIWrapper(DohApp(handler, self._doh_activity))  # type: ignore[arg-type]  # ASGI 3
         #: DoH connections open, in all and per client address.
         self._doh_open: dict[str, int] = {}
         self._doh_connections: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
@@ -121,18 +123,38 @@ class EncryptedListeners:
             return
         self._doh_open[client] = self._doh_open.get(client, 0) + 1
         self._doh_connections[writer] = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        key = (client, peer[1] if peer else 0)
+        activity = self._doh_activity[key] = Activity(loop.time())
+        deadline = loop.create_task(self._doh_deadline(writer, activity))
         try:
-            loop = asyncio.get_running_loop()
             await TCPServer(self._doh_app, loop, self._doh_config, self._doh_context, {}, reader, writer)
         except Exception as exc:  # a client's protocol error ends its connection, never the server
             log.debug("dns-over-https: connection from %s ended: %r", client, exc)
         finally:
+            deadline.cancel()
+            self._doh_activity.pop(key, None)
             self._doh_connections.pop(writer, None)
             left = self._doh_open[client] - 1
             if left:
                 self._doh_open[client] = left
             else:
                 del self._doh_open[client]
+
+    async def _doh_deadline(self, writer: asyncio.StreamWriter, activity: Activity) -> None:
+        """Close a DoH connection that has answered nothing for the idle timeout and is resolving nothing: hypercorn
+        times out idle connections and single reads, not a request sent a byte at a time (slowloris), which held
+        the connection slots of every client for ever."""
+        loop = asyncio.get_running_loop()
+        timeout = self.limits.idle_timeout
+        while True:
+            left = activity.last + timeout - loop.time()
+            if left > 0 or activity.busy:
+                await asyncio.sleep(max(left, timeout / 4))
+                continue
+            self.handler.metrics.tcp.closed["stuck"] += 1
+            writer.transport.abort()
+            return
 
     async def close(self) -> None:
         for task, sock in self._accepting.items():

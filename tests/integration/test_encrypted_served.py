@@ -313,3 +313,60 @@ def _still_open(sock: socket.socket) -> bool:
         return True
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("alpn", ["http/1.1", "h2"])
+def test_a_request_sent_a_byte_at_a_time_does_not_hold_a_doh_connection(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, pki: Pki, alpn: str
+) -> None:
+    """Slowloris: a request trickled in (a byte a second, each read well within hypercorn's read timeout) is closed
+    once its connection has answered nothing for the idle timeout; before, such connections were held for ever and
+    a few addresses' worth took every DoH connection slot."""
+    from filterd.transport.tcp import TcpLimits
+
+    server = start_filterd(
+        f"""
+        dns:
+          listen: ["127.0.0.1:0"]
+          upstreams: ["{dnsmasq.address}"]
+          https_listen: ["127.0.0.1:0"]
+        tls: {{cert: {pki.cert}, key: {pki.key}}}
+        metrics: {{listen: "127.0.0.1:0"}}
+    """,
+        tcp=TcpLimits(idle_timeout=2),
+    )
+    port = _ports_doh(server)
+    context = client_context(pki.ca)
+    context.set_alpn_protocols([alpn])
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname=NAME)
+    if alpn == "h2":
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # preface, SETTINGS
+        trickle = b"\x00\x40\x00\x01\x04\x00\x00\x00\x01" + b"\x00" * 64  # HEADERS of 16 KiB, never all sent
+    else:
+        trickle = b"GET /dns-query?dns=AAABAAABAAAAAAAAB2V4YW1wbGUDY29tAAABAAE HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaa"
+    started = time.monotonic()
+    closed_after = None
+    try:
+        for byte in trickle:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.25)
+            sock.settimeout(0.01)
+            try:
+                while sock.recv(4096):  # the h2 server's SETTINGS and ACK
+                    pass
+                closed_after = time.monotonic() - started
+                break
+            except (TimeoutError, ssl.SSLWantReadError):
+                pass
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+    finally:
+        sock.close()
+    assert closed_after is not None and closed_after < 6, closed_after
+    assert server.metric("filterd_tcp_closed_total", reason="stuck") == 1
+
+
+def _ports_doh(server: RunningFilterd) -> int:
+    assert server.app is not None
+    return server.app.listening.doh[0].port
