@@ -370,3 +370,38 @@ def test_a_request_sent_a_byte_at_a_time_does_not_hold_a_doh_connection(
 def _ports_doh(server: RunningFilterd) -> int:
     assert server.app is not None
     return server.app.listening.doh[0].port
+
+
+def test_dot_and_doh_are_rate_limited_like_udp(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, pki: Pki
+) -> None:
+    """A flood over DoT or DoH (blocked names: the packet cache's path; forwarded names: the stages') gets REFUSED
+    past its network's burst, counted as `refused`; before, DoT and DoH were never rate limited."""
+    server = start_filterd(f"""
+        dns:
+          listen: ["127.0.0.1:0"]
+          upstreams: ["{dnsmasq.address}"]
+          tls_listen: ["127.0.0.1:0"]
+          https_listen: ["127.0.0.1:0"]
+        tls: {{cert: {pki.cert}, key: {pki.key}}}
+        ratelimit: {{qps: 1, burst: 6, exempt: []}}
+        metrics: {{listen: "127.0.0.1:0"}}
+    """)
+    rcodes = [_dot(server, pki, name).rcode() for name in ["omegle.com", "example.org"] * 2]
+    with _client(pki) as client:
+        for name in ("omegle.com", "example.org") * 3:
+            q = dns.message.make_query(name, "A")
+            q.id = 0
+            got = client.post(
+                _doh_url(server),
+                content=q.to_wire(),
+                headers={"content-type": "application/dns-message"},
+                extensions=_sni(),
+            )
+            assert got.status_code == 200
+            rcodes.append(dns.message.from_wire(got.content).rcode())
+    assert rcodes[:6] == [dns.rcode.NOERROR] * 6, rcodes  # the burst
+    refused = rcodes.count(dns.rcode.REFUSED)
+    assert refused >= 2 and set(rcodes[6:]) <= {dns.rcode.NOERROR, dns.rcode.REFUSED}, rcodes  # 1 token a second
+    assert server.metric("filterd_ratelimited_total", action="refused") == refused
+    assert server.metric("filterd_queries_total", protocol="https", decision="ratelimited", qtype="A") == refused
