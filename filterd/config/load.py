@@ -589,10 +589,10 @@ def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConf
     )
 
 
-def _file_problem(path: Path) -> str | None:
-    """Why a list file cannot be read now, or None."""
+def _file_problem(path: Path, what: str = "a list file") -> str | None:
+    """Why a file (a list, a certificate) cannot be read now, or None."""
     if path.is_dir():
-        return f"{path} is a directory, not a list file"
+        return f"{path} is a directory, not {what}"
     if not path.is_file():
         return f"no such file: {path}"
     if not os.access(path, os.R_OK):
@@ -1347,7 +1347,7 @@ def _encrypted_dns(
         text = _string(node, "dns.upstream_ca_file", p)
         if text is not None:
             path = base_dir / Path(text).expanduser()
-            problem = _file_problem(path) if p.check_files else None
+            problem = _file_problem(path, "a PEM file") if p.check_files else None
             if problem is not None:
                 p.add(node.line, "dns.upstream_ca_file", problem)
             out["upstream_ca_file"] = path
@@ -1371,13 +1371,22 @@ def _tls(node: _Node, p: _Problems, base_dir: Path) -> TlsConfig | None:
         if text is None:
             continue
         path = base_dir / Path(text).expanduser()
-        problem = _file_problem(path) if p.check_files else None
+        problem = _file_problem(path, "a PEM file") if p.check_files else None
         if problem is not None:
             p.add(keys[name].line, f"tls.{name}", problem)
+            continue
         paths[name] = path
     if len(paths) < 2:
         return None
-    return TlsConfig(cert=paths["cert"], key=paths["key"])
+    tls = TlsConfig(cert=paths["cert"], key=paths["key"])
+    if p.check_files:  # `config check` before a reload: a renewed pair that does not match is caught here
+        from filterd.transport.certs import CertificateError, check_pair
+
+        try:
+            check_pair(tls)
+        except CertificateError as exc:
+            p.add(keys["cert"].line, "tls.cert", str(exc).removeprefix("tls: "))
+    return tls
 
 
 def _check_https_ports(page_node: _Node, dns: DnsConfig, https: tuple[Endpoint, ...], p: _Problems) -> None:
