@@ -14,7 +14,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -77,7 +77,7 @@ from filterd.safeguarding.notify import Notifier, compose
 from filterd.sinkhole import BlockedReplies
 from filterd.tls import ca as tls_ca
 from filterd.tls.leaves import Certificates
-from filterd.transport.certs import CertificateError, ServerCertificates
+from filterd.transport.certs import CertificateError, ServerCertificates, certificate_names
 from filterd.transport.encrypted import EncryptedListeners
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
@@ -772,6 +772,7 @@ class App:
                 policy=self.policy,
                 local=self.local_stage,
                 bypass=self.bypass,
+                ddr=self.ddr,
                 safe_search=self.safe_search.rewrite_of if self.safe_search is not None else None,
                 upstreams_for=resolver.upstreams_for if resolver is not None else lambda _: self.upstreams,
                 list_files=self.list_files() if quote else {},
@@ -919,11 +920,7 @@ class App:
         if not names:
             log.warning("ddr: the tls certificate names no DNS name; _dns.resolver.arpa keeps its NODATA")
             return
-        dot, doh = self.listening.dot, self.listening.doh
-        hints = sorted({ep.host for ep in (*dot, *doh) if not ep.is_wildcard})
-        target = names[0].removeprefix("*.")
-        designation = Designation(target, tuple(ep.port for ep in dot), tuple(ep.port for ep in doh), tuple(hints))
-        self.ddr.designate(designation, names)
+        self.ddr.designate(designation(names, self.listening.dot, self.listening.doh), names)
 
     def _reload_certificates(self, config: Config) -> None:
         """A renewed `tls` pair goes live for new DoT/DoH connections; a bad one is logged and the running one stays."""
@@ -1164,12 +1161,36 @@ def offline_check(
         policy=policy,
         local=local_stage,
         bypass=bypass_stage(config),
+        ddr=_offline_ddr(config),
         safe_search=lambda qname: safe_search.lookup(qname, _safe_search_of(config, group)),
         upstreams_for=lambda qname: upstreams_for(qname, zones, default),
         list_files=files,
         group=group,
         client=client,
     )
+
+
+def _offline_ddr(config: Config) -> DdrStage | None:
+    """DDR as the server would designate, from the config and the certificate's names (`check --offline`)."""
+    dns = config.dns
+    if config.tls is None or not (dns.tls_listen or dns.https_listen):
+        return None
+    try:
+        names = certificate_names(config.tls.cert)[0]
+    except (OSError, ValueError):
+        return None
+    if not names:
+        return None
+    ddr = DdrStage()
+    ddr.designate(designation(names, dns.tls_listen, dns.https_listen), names)
+    return ddr
+
+
+def designation(names: Sequence[str], dot: Sequence[Endpoint], doh: Sequence[Endpoint]) -> Designation:
+    """DDR's answer: the DoT and DoH endpoints under the certificate's first DNS name."""
+    hints = sorted({ep.host for ep in (*dot, *doh) if not ep.is_wildcard})
+    target = names[0].removeprefix("*.")
+    return Designation(target, tuple(ep.port for ep in dot), tuple(ep.port for ep in doh), tuple(hints))
 
 
 def _safe_search_of(config: Config, group: Group | None) -> SafeSearchConfig:

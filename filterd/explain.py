@@ -18,6 +18,7 @@ from filterd.config.schema import Endpoint
 from filterd.errors import FilterdError
 from filterd.groups.model import Group
 from filterd.pipeline.bypass import BYPASS_LIST, BypassStage
+from filterd.pipeline.ddr import DdrStage
 from filterd.pipeline.local import LocalStage
 from filterd.pipeline.policy import GROUP_CATEGORY, SCHEDULE_CATEGORY, PolicyStage
 from filterd.pipeline.safesearch import Rewrite
@@ -33,6 +34,7 @@ def explain(
     policy: PolicyStage,
     local: LocalStage,
     bypass: BypassStage | None = None,
+    ddr: DdrStage | None = None,
     safe_search: Callable[[str], Rewrite | None] | None = None,
     upstreams_for: Callable[[str], Sequence[Endpoint]],
     list_files: Mapping[str, Path],
@@ -50,6 +52,9 @@ def explain(
             "group": group.name if group else None,
             "schedules": sorted(group.active) if group else [],
         }
+    designated = ddr.explain(normal) if ddr is not None else None
+    if designated is not None:  # before bypass, as on DNS: filterd serves DoT/DoH and names them
+        return out | {"decision": "local", "reason": designated}
     signal = bypass.explain(normal) if bypass is not None and bypass.enabled_for(group) else None
     if signal is not None:
         return out | {

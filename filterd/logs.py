@@ -43,8 +43,9 @@ CLIENT_EVENTS: dict[str, EventKind] = {
 #: Seconds between two lines about the same kind of event.
 LOG_INTERVAL = 60.0
 
-#: asyncio's line for each write to a connection that is gone, after the fifth (selector and uvloop transports).
-_ASYNCIO_WRITE_AFTER_CLOSE = "socket.send() raised exception."
+#: asyncio's line for each write to a connection that is gone, after the fifth (selector and uvloop transports), and
+#: its TLS transports' line for the same (DoT, DoH, the HTTPS block page: a client that resets mid-reply).
+_ASYNCIO_WRITE_AFTER_CLOSE = frozenset({"socket.send() raised exception.", "SSL connection is closed"})
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -159,7 +160,7 @@ class _AsyncioWriteAfterClose(logging.Filter):
         self.events = events
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg != _ASYNCIO_WRITE_AFTER_CLOSE:
+        if record.msg not in _ASYNCIO_WRITE_AFTER_CLOSE:
             return True
         self.events.note("write_after_close", "a reply to a connection the client had closed or reset was dropped")
         return False

@@ -85,21 +85,25 @@ class CacheStats(Protocol):
 
 
 class RateLimitCounter(Collector):
-    """filterd_ratelimited_total{action}: UDP queries over their network's rate (`pipeline/ratelimit.py`), answered
-    with TC=1 (slip) or dropped. No client label: the log and the bounded label set stay small under a flood."""
+    """filterd_ratelimited_total{action}: queries over their network's rate (`pipeline/ratelimit.py`): UDP answered
+    with TC=1 (slip) or dropped, DoT and DoH refused. No client label: the bounded label set stays small under a
+    flood."""
 
     def __init__(self) -> None:
         self.slipped = 0
         self.dropped = 0
+        self.refused = 0
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "filterd_ratelimited",
-            "UDP queries over their client network's rate limit: answered TC=1 (slip) or not at all (drop).",
+            "Queries over their client network's rate limit: UDP answered TC=1 (slip) or not at all (drop), DNS "
+            "over TLS and HTTPS answered REFUSED (refused).",
             labels=["action"],
         )
         family.add_metric(["slip"], self.slipped)
         family.add_metric(["drop"], self.dropped)
+        family.add_metric(["refused"], self.refused)
         yield family
 
 
@@ -133,8 +137,8 @@ class TcpCollector(Collector):
         closed = CounterMetricFamily(
             "filterd_tcp_closed",
             "TCP connections filterd closed to protect other clients: refused (its client, or the server, at the "
-            "connection limit with none idle), evicted (the oldest idle, for a new one), stuck (replies unread for "
-            "the idle timeout).",
+            "connection limit with none idle), evicted (the oldest idle, for a new one), stuck (replies unread, or a "
+            "DNS over HTTPS request left unfinished, for the idle timeout).",
             labels=["reason"],
         )
         for reason in self.REASONS:

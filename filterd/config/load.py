@@ -589,10 +589,10 @@ def _list_entry(node: _Node, key: str, p: _Problems, base_dir: Path) -> ListConf
     )
 
 
-def _file_problem(path: Path) -> str | None:
-    """Why a list file cannot be read now, or None."""
+def _file_problem(path: Path, what: str = "a list file") -> str | None:
+    """Why a file (a list, a certificate) cannot be read now, or None."""
     if path.is_dir():
-        return f"{path} is a directory, not a list file"
+        return f"{path} is a directory, not {what}"
     if not path.is_file():
         return f"no such file: {path}"
     if not os.access(path, os.R_OK):
@@ -999,6 +999,8 @@ def parse_config(text: str, source: str, base_dir: Path | None = None, *, check_
         _check_served_tls(keys["dns"], dns, p)
     if dns is not None and blockpage is not None and blockpage.https is not None:
         _check_https_ports(keys["blockpage"], dns, blockpage.https.listen, p)
+    if dns is not None:
+        _check_encrypted_ports(keys["dns"], dns, blockpage, metrics, admin, p)
     if p.items or dns is None or blocking is None or cache is None or lists is None or allow is None:
         raise ConfigError(p.in_line_order())
     assert groups is not None and schedules is not None and dhcp_leases is not None  # else p.items
@@ -1345,7 +1347,7 @@ def _encrypted_dns(
         text = _string(node, "dns.upstream_ca_file", p)
         if text is not None:
             path = base_dir / Path(text).expanduser()
-            problem = _file_problem(path) if p.check_files else None
+            problem = _file_problem(path, "a PEM file") if p.check_files else None
             if problem is not None:
                 p.add(node.line, "dns.upstream_ca_file", problem)
             out["upstream_ca_file"] = path
@@ -1369,13 +1371,22 @@ def _tls(node: _Node, p: _Problems, base_dir: Path) -> TlsConfig | None:
         if text is None:
             continue
         path = base_dir / Path(text).expanduser()
-        problem = _file_problem(path) if p.check_files else None
+        problem = _file_problem(path, "a PEM file") if p.check_files else None
         if problem is not None:
             p.add(keys[name].line, f"tls.{name}", problem)
+            continue
         paths[name] = path
     if len(paths) < 2:
         return None
-    return TlsConfig(cert=paths["cert"], key=paths["key"])
+    tls = TlsConfig(cert=paths["cert"], key=paths["key"])
+    if p.check_files:  # `config check` before a reload: a renewed pair that does not match is caught here
+        from filterd.transport.certs import CertificateError, check_pair
+
+        try:
+            check_pair(tls)
+        except CertificateError as exc:
+            p.add(keys["cert"].line, "tls.cert", str(exc).removeprefix("tls: "))
+    return tls
 
 
 def _check_https_ports(page_node: _Node, dns: DnsConfig, https: tuple[Endpoint, ...], p: _Problems) -> None:
@@ -1393,6 +1404,49 @@ def _check_https_ports(page_node: _Node, dns: DnsConfig, https: tuple[Endpoint, 
                     f"{page} overlaps dns.https_listen {doh}: the block page and DNS over HTTPS need an address or "
                     "port each (e.g. DoH on the filter's own address, the page on the sinkhole address)",
                 )
+
+
+def _check_encrypted_ports(
+    dns_node: _Node,
+    dns: DnsConfig,
+    blockpage: BlockpageConfig | None,
+    metrics: MetricsConfig | None,
+    admin: AdminConfig | None,
+    p: _Problems,
+) -> None:
+    """DoT and DoH may not share an address and port with each other or another TCP listener: said here, not at
+    start as a port 'held by filterd'. (DoH and the HTTPS block page: `_check_https_ports`, at the page's key.)"""
+    others: list[tuple[str, Endpoint]] = [("dns.listen", ep) for ep in dns.listen]
+    if blockpage is not None:
+        others += [("blockpage.listen", ep) for ep in blockpage.listen]
+        if blockpage.https is not None:
+            others += [("blockpage.https.listen", ep) for ep in blockpage.https.listen]
+    if metrics is not None:
+        others.append(("metrics.listen", metrics.listen))
+    if admin is not None:
+        others.append(("admin.listen", admin.listen))
+    keys = dns_node.value if isinstance(dns_node.value, dict) else {}
+    for name in ("tls_listen", "https_listen"):
+        for ep in getattr(dns, name):
+            clash = next(
+                (
+                    key
+                    for key, other in others
+                    if _same_socket(ep, other) and not (name == "https_listen" and key == "blockpage.https.listen")
+                ),
+                None,
+            )
+            if clash is not None:
+                p.add(keys[name].line, f"dns.{name}", f"{ep} is also {clash}: one port, one listener")
+            others.append((f"dns.{name}", ep))
+
+
+def _same_socket(a: Endpoint, b: Endpoint) -> bool:
+    """Whether two TCP listeners would ask for the same port: one address, or a wildcard of the same family."""
+    if a.port != b.port or a.port == 0:
+        return False
+    x, y = ipaddress.ip_address(a.host), ipaddress.ip_address(b.host)
+    return x == y or (x.version == y.version and (x.is_unspecified or y.is_unspecified))
 
 
 def _check_served_tls(dns_node: _Node, dns: DnsConfig, p: _Problems) -> None:

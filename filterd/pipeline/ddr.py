@@ -81,6 +81,19 @@ class DdrStage(PassThrough):
         owners = [DDR_NAME, *(f"_dns.{n.lower().rstrip('.')}" for n in names if not n.startswith("*"))]
         self._answers = {owner: designation_records(owner, designation) for owner in owners}
 
+    def explain(self, name: str) -> str | None:
+        """What SVCB `name` is answered with, in words, or None when this stage does not answer it: `filterd check`."""
+        d = self.designation
+        if d is None or name not in self._answers:
+            return None
+        ends = [f"DNS over TLS on port {port}" for port in d.dot_ports]
+        ends += [f"DNS over HTTPS on port {port}" for port in d.doh_ports]
+        return (
+            f"answered by filterd itself: Discovery of Designated Resolvers (RFC 9462): SVCB names filterd's own "
+            f"{' and '.join(ends)} at {d.target}, so clients that upgrade, upgrade to the filter (other types: "
+            f"bypass protection's NODATA)"
+        )
+
     def answer_now(self, query: Query) -> Answer | None:
         q = query.question
         if q.qtype != wire.T_SVCB or not self._answers:

@@ -1,5 +1,6 @@
-"""RateLimitStage: a token bucket per client network for UDP queries; over it, a TC=1 reply some of the time (slip),
-else nothing.
+"""RateLimitStage: a token bucket per client network for UDP, DNS over TLS and DNS over HTTPS queries; over it, a
+UDP query gets a TC=1 reply some of the time (slip), else nothing, and a DoT or DoH query gets REFUSED (its client
+cannot retry over anything cheaper, and a DoH stream must be answered).
 
 The bucket is per /24 (IPv4) or /56 (IPv6), not per address, so one device cannot dodge it by hopping addresses
 and a whole household behind one NAT shares one generous bucket (the default is far above what a busy household
@@ -22,6 +23,9 @@ from filterd.metrics import RateLimitCounter
 from filterd.pipeline.base import Answer, Decision, PassThrough, Query
 
 _MEMO_LIMIT = 4096
+#: The protocols a bucket limits: plain TCP is bounded per connection and is where a slipped UDP client retries;
+#: DoT and DoH are what managed devices use for every query, so "the same limits" (issue 18) includes the rate.
+LIMITED = frozenset({"udp", "tls", "https"})
 #: Buckets kept at most; past it the full (idle) ones go, then the oldest quarter (state lost: they start full).
 MAX_BUCKETS = 65536
 _EXEMPT = -1
@@ -116,14 +120,18 @@ class RateLimitStage(PassThrough):
         return key
 
     def answer_now(self, query: Query) -> Answer | None:
-        if query.protocol != "udp":
-            return None  # over TCP the client's address is real and the transport bounds it
+        if query.protocol not in LIMITED:
+            return None  # plain TCP: the transport bounds it, and it is where a slipped UDP client retries
         key = self.key_of(query.client_ip)
         if key == _EXEMPT:
             return None
         bucket = self.buckets.take(key)
         if bucket is None:
             return None
+        if query.protocol != "udp":
+            self.counts.refused += 1
+            q = query.question
+            return Answer(wire.build_reply(q, wire.REFUSED), Decision.RATELIMITED, "refused")
         if self.slip and bucket.excess % self.slip == 0:
             self.counts.slipped += 1
             q = query.question

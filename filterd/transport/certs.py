@@ -29,13 +29,19 @@ def _context(alpn: list[str]) -> ssl.SSLContext:
 def _load(context: ssl.SSLContext, tls: TlsConfig) -> None:
     try:
         context.load_cert_chain(tls.cert, tls.key)
-    except FileNotFoundError as exc:
-        raise CertificateError(f"tls: cannot read {exc.filename}: no such file") from None
+    except FileNotFoundError as exc:  # OpenSSL's error names no file: say which
+        missing = exc.filename or (tls.cert if not tls.cert.exists() else tls.key)
+        raise CertificateError(f"tls: cannot read {missing}: no such file") from None
     except PermissionError as exc:
-        raise CertificateError(f"tls: cannot read {exc.filename}: permission denied") from None
+        raise CertificateError(f"tls: cannot read {exc.filename or tls.key}: permission denied") from None
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise CertificateError(f"tls: {tls.cert} and {tls.key} are not a certificate and its key: {reason}") from None
+
+
+def check_pair(tls: TlsConfig) -> None:
+    """CertificateError unless the `tls` files are a certificate and its key (`filterd config check`)."""
+    _load(_context([]), tls)
 
 
 def certificate_names(path: Path) -> tuple[list[str], list[str]]:

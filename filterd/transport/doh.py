@@ -10,6 +10,7 @@ bytes, a wrong content type or a packet too short for a DNS header get 400 (the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -32,6 +33,16 @@ DRAIN_MAX = 1 << 20  # an oversized body is read (and dropped) up to this much b
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Activity:
+    """One DoH connection: when it last answered (loop time), and how many of its queries are being resolved. A
+    connection that answers nothing for the idle timeout and resolves nothing is closed (`transport/encrypted.py`):
+    a request trickled in a byte at a time must not hold a connection for ever."""
+
+    last: float
+    busy: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +107,10 @@ class DohApp:
     """The ASGI application: one DNS query per request, to the running QueryHandler (a reload swaps its pipeline,
     not the handler)."""
 
-    def __init__(self, handler: QueryHandler) -> None:
+    def __init__(self, handler: QueryHandler, activity: dict[tuple[str, int], Activity] | None = None) -> None:
         self.handler = handler
+        #: The open connections' activity, by client address and port (hypercorn's `scope["client"]`).
+        self.activity = activity if activity is not None else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -109,6 +122,19 @@ class DohApp:
         # The body first, whatever the method: hypercorn's HTTP/2 stack fails the connection when a stream's data
         # arrives after its response.
         body, too_big = await _read_body(receive, MAX_QUERY)
+        client = scope.get("client") or ("0.0.0.0", 0)
+        activity = self.activity.get((client[0], client[1]))
+        if activity is None:
+            await self._answer(scope, send, headers, body, too_big)
+            return
+        activity.busy += 1
+        try:
+            await self._answer(scope, send, headers, body, too_big)
+        finally:
+            activity.busy -= 1
+            activity.last = asyncio.get_running_loop().time()
+
+    async def _answer(self, scope: Scope, send: Send, headers: dict[str, str], body: bytes, too_big: bool) -> None:
         if too_big:
             await _respond(send, 400, f"the body is larger than {MAX_QUERY} bytes\n".encode(), "text/plain")
             return

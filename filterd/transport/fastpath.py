@@ -41,7 +41,7 @@ from filterd.pipeline.access import AccessStage
 from filterd.pipeline.base import Answer, Decision, Pipeline, Query
 from filterd.pipeline.cache import CacheEntry, CacheStage, DnsCache, cache_key
 from filterd.pipeline.client import ClientStage
-from filterd.pipeline.ratelimit import RateLimitStage
+from filterd.pipeline.ratelimit import LIMITED, RateLimitStage
 
 _TTL = struct.Struct("!I")
 #: The packet cache holds at most this many replies (or the answer cache's size, if larger); the oldest go first.
@@ -175,8 +175,8 @@ class PacketCache:
                 return None
             if int(age) != entry.age:
                 entry.refresh(int(age))
-        if protocol == "udp" and self.ratelimit is not None and not self._take(client_ip):
-            return None  # over the rate: the slow path slips or drops it
+        if protocol in LIMITED and self.ratelimit is not None and not self._take(client_ip):
+            return None  # over the rate: the slow path slips, drops or refuses it
         if cached is not None:
             self.cache.hits += 1
         self.hits += 1

@@ -249,3 +249,159 @@ def test_ddr_designates_filterds_own_endpoints(served: RunningFilterd) -> None:
 def test_no_ddr_without_encrypted_listeners(filterd: RunningFilterd) -> None:
     reply = filterd.query("_dns.resolver.arpa", "SVCB")
     assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # bypass protection's NODATA
+
+
+def test_check_explains_ddr_when_it_answers(served: RunningFilterd, filterd: RunningFilterd) -> None:
+    """`filterd check _dns.resolver.arpa` says what a client gets: filterd's own endpoints while it serves DoT/DoH
+    (live and --offline), bypass protection's NODATA otherwise."""
+    from filterd.app import offline_check
+
+    assert served.app is not None and filterd.app is not None
+    dot, doh = _ports(served)
+    for result in (served.app.check("_dns.resolver.arpa"), served.app.check(f"_dns.{NAME}")):
+        assert result["decision"] == "local", result
+        assert "RFC 9462" in result["reason"] and NAME in result["reason"]
+        assert f"DNS over TLS on port {dot}" in result["reason"] and f"DNS over HTTPS on port {doh}" in result["reason"]
+    offline = offline_check(served.app.config, "_dns.resolver.arpa")
+    assert offline["decision"] == "local" and NAME in offline["reason"], offline
+    plain = filterd.app.check("_dns.resolver.arpa")
+    assert plain["decision"] == "blocked" and "NODATA" in plain["reason"]
+
+
+def test_connections_that_never_start_tls_are_bounded_per_client(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, pki: Pki
+) -> None:
+    """A client that opens connections and never sends a ClientHello holds at most its share of DoT and DoH, as on
+    TCP; before, each was held for the whole handshake timeout, without bound (500 from one address)."""
+    from filterd.transport.tcp import TcpLimits
+
+    server = start_filterd(
+        f"""
+        dns:
+          listen: ["127.0.0.1:0"]
+          upstreams: ["{dnsmasq.address}"]
+          tls_listen: ["127.0.0.1:0"]
+          https_listen: ["127.0.0.1:0"]
+        tls: {{cert: {pki.cert}, key: {pki.key}}}
+    """,
+        tcp=TcpLimits(max_connections_per_client=3, idle_timeout=5),
+    )
+    for port in _ports(server):
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(12)]
+        try:
+            time.sleep(0.5)
+            assert sum(_still_open(sock) for sock in held) == 3, port
+            # another client address is served meanwhile
+            other = client_context(pki.ca).wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)),
+                server_hostname=NAME,
+            )
+            other.close()
+        finally:
+            for sock in held:
+                sock.close()
+    # once they are gone, the client is served again
+    assert addresses(_dot(server, pki, "example.org")) == ["192.0.2.10"]
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Not closed by filterd (which sends nothing before the client's hello)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("alpn", ["http/1.1", "h2"])
+def test_a_request_sent_a_byte_at_a_time_does_not_hold_a_doh_connection(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, pki: Pki, alpn: str
+) -> None:
+    """Slowloris: a request trickled in (a byte a second, each read well within hypercorn's read timeout) is closed
+    once its connection has answered nothing for the idle timeout; before, such connections were held for ever and
+    a few addresses' worth took every DoH connection slot."""
+    from filterd.transport.tcp import TcpLimits
+
+    server = start_filterd(
+        f"""
+        dns:
+          listen: ["127.0.0.1:0"]
+          upstreams: ["{dnsmasq.address}"]
+          https_listen: ["127.0.0.1:0"]
+        tls: {{cert: {pki.cert}, key: {pki.key}}}
+        metrics: {{listen: "127.0.0.1:0"}}
+    """,
+        tcp=TcpLimits(idle_timeout=2),
+    )
+    port = _ports_doh(server)
+    context = client_context(pki.ca)
+    context.set_alpn_protocols([alpn])
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname=NAME)
+    if alpn == "h2":
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # preface, SETTINGS
+        trickle = b"\x00\x40\x00\x01\x04\x00\x00\x00\x01" + b"\x00" * 64  # HEADERS of 16 KiB, never all sent
+    else:
+        trickle = b"GET /dns-query?dns=AAABAAABAAAAAAAAB2V4YW1wbGUDY29tAAABAAE HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaa"
+    started = time.monotonic()
+    closed_after = None
+    try:
+        for byte in trickle:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.25)
+            sock.settimeout(0.01)
+            try:
+                while sock.recv(4096):  # the h2 server's SETTINGS and ACK
+                    pass
+                closed_after = time.monotonic() - started
+                break
+            except (TimeoutError, ssl.SSLWantReadError):
+                pass
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+    finally:
+        sock.close()
+    assert closed_after is not None and closed_after < 6, closed_after
+    assert server.metric("filterd_tcp_closed_total", reason="stuck") == 1
+
+
+def _ports_doh(server: RunningFilterd) -> int:
+    assert server.app is not None
+    return server.app.listening.doh[0].port
+
+
+def test_dot_and_doh_are_rate_limited_like_udp(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, pki: Pki
+) -> None:
+    """A flood over DoT or DoH (blocked names: the packet cache's path; forwarded names: the stages') gets REFUSED
+    past its network's burst, counted as `refused`; before, DoT and DoH were never rate limited."""
+    server = start_filterd(f"""
+        dns:
+          listen: ["127.0.0.1:0"]
+          upstreams: ["{dnsmasq.address}"]
+          tls_listen: ["127.0.0.1:0"]
+          https_listen: ["127.0.0.1:0"]
+        tls: {{cert: {pki.cert}, key: {pki.key}}}
+        ratelimit: {{qps: 1, burst: 6, exempt: []}}
+        metrics: {{listen: "127.0.0.1:0"}}
+    """)
+    rcodes = [_dot(server, pki, name).rcode() for name in ["omegle.com", "example.org"] * 2]
+    with _client(pki) as client:
+        for name in ("omegle.com", "example.org") * 3:
+            q = dns.message.make_query(name, "A")
+            q.id = 0
+            got = client.post(
+                _doh_url(server),
+                content=q.to_wire(),
+                headers={"content-type": "application/dns-message"},
+                extensions=_sni(),
+            )
+            assert got.status_code == 200
+            rcodes.append(dns.message.from_wire(got.content).rcode())
+    assert rcodes[:6] == [dns.rcode.NOERROR] * 6, rcodes  # the burst
+    refused = rcodes.count(dns.rcode.REFUSED)
+    assert refused >= 2 and set(rcodes[6:]) <= {dns.rcode.NOERROR, dns.rcode.REFUSED}, rcodes  # 1 token a second
+    assert server.metric("filterd_ratelimited_total", action="refused") == refused
+    assert server.metric("filterd_queries_total", protocol="https", decision="ratelimited", qtype="A") == refused

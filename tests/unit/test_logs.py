@@ -7,6 +7,7 @@ import logging
 import re
 import socket
 import struct
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -180,3 +181,53 @@ def test_setup_puts_a_timestamp_on_every_logger(capsys: pytest.CaptureFixture[st
 )
 def test_printable(text: str, expected: str) -> None:
     assert printable(text) == expected
+
+
+async def test_asyncio_tls_write_after_close_is_a_counted_event(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Over TLS (DoT, DoH, the HTTPS block page) asyncio's line is `SSL connection is closed`, once per write after
+    the client ended the session: a client closing mid-reply must not fill the log (an HTTP/2 flood did, a line
+    per write)."""
+    import ssl
+
+    from tests.support_tls import client_context, make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pki.cert, pki.key)
+    caplog.set_level(logging.INFO)
+    events, metrics = _events()
+    writers: list[asyncio.StreamWriter] = []
+    ended = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read()  # until the client's close_notify
+        ended.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    asyncio_logger = logging.getLogger("asyncio")
+    others = list(asyncio_logger.filters)
+    for other in others:
+        asyncio_logger.removeFilter(other)
+    filter_ = events.asyncio_filter()
+    asyncio_logger.addFilter(filter_)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        _, client = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(pki.ca), server_hostname="dns.test"
+        )
+        while not writers:
+            await asyncio.sleep(0.01)
+        client.close()  # close_notify: the server's side of the session is shutting down
+        await asyncio.wait_for(ended.wait(), 5)
+        for _ in range(50):
+            writers[0].write(b"late reply")
+    finally:
+        asyncio_logger.removeFilter(filter_)
+        for other in others:
+            asyncio_logger.addFilter(other)
+        server.close()
+    assert not [r for r in caplog.records if r.name == "asyncio"], [r.getMessage() for r in caplog.records]
+    assert _count(metrics, "write_after_close") >= 40

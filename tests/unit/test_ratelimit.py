@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dns.flags
 import dns.message
+import dns.rcode
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -206,3 +207,20 @@ def test_errors_name_file_line_and_key(text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(DNS + text, "f.yaml", base_dir=ROOT)
     assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize("protocol", ["tls", "https"])
+def test_dot_and_doh_take_from_the_bucket_and_are_refused_over_it(protocol: str) -> None:
+    """Issue 18's "same limits (per-client connections, rate limits)": DoT and DoH share the client network's
+    bucket with UDP; over it they get REFUSED (no TC=1: nothing cheaper to retry over; a DoH stream needs an answer)."""
+    clock = Clock()
+    stage = _stage(clock)
+    assert stage.answer_now(_query(protocol)) is None and stage.answer_now(_query()) is None  # the burst of 2
+    over = stage.answer_now(_query(protocol))
+    assert over is not None and over.decision is Decision.RATELIMITED
+    reply = dns.message.from_wire(over.wire)
+    assert reply.rcode() == dns.rcode.REFUSED and str(reply.question[0].name) == "example.com."
+    assert stage.counts.refused == 1 and (stage.counts.slipped, stage.counts.dropped) == (0, 0)
+    assert stage.answer_now(_query("tcp")) is None  # plain TCP stays unlimited: where slipped UDP clients retry
+    clock.now += 1
+    assert stage.answer_now(_query(protocol)) is None

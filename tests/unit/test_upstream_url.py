@@ -10,6 +10,7 @@ from filterd.config.load import parse_config
 from filterd.config.schema import EncryptedUpstream
 from filterd.config.upstream_url import parse_upstream_url
 from filterd.errors import ConfigError
+from tests.support_tls import make_pki
 
 
 @pytest.mark.parametrize(
@@ -103,8 +104,7 @@ def test_served_encrypted_dns_needs_a_certificate(tmp_path: Path) -> None:
 
 
 def test_full_encrypted_config(tmp_path: Path) -> None:
-    for name in ("ca.pem", "cert.pem", "key.pem"):
-        (tmp_path / name).write_text("PEM")
+    make_pki(tmp_path)  # ca.pem, cert.pem, key.pem
     config = parse_config(
         """dns:
   listen: [127.0.0.1]
@@ -145,3 +145,59 @@ def test_an_unpinned_name_needs_a_plain_resolver(tmp_path: Path) -> None:
     assert [str(u) for u in resolve_upstreams(pinned, resolv)] == ["tls://dns.example@192.0.2.1"]
     resolv.write_text("nameserver 192.0.2.53\n")
     assert resolve_upstreams(lone, resolv) == lone.dns.upstreams  # resolv.conf's resolver is the bootstrap
+
+
+def test_doh_and_dot_may_not_share_a_port_with_another_listener(tmp_path: Path) -> None:
+    """The HTTPS block page's 443 and DoH's default 443 on one address (or a wildcard) is a config error naming both
+    keys, not a start that fails with the port 'held by filterd'."""
+    make_pki(tmp_path)
+    text = """dns:
+  listen: [10.0.0.53]
+  tls_listen: [10.0.0.53]
+  https_listen: [10.0.0.53, "10.0.0.53:853", "[::1]:8443"]
+tls: {cert: cert.pem, key: key.pem}
+metrics: {listen: "[::]:8443"}
+blockpage:
+  listen: [10.0.0.53]
+  https: {mode: local-ca, listen: ["0.0.0.0:443"]}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml", base_dir=tmp_path)
+    problems = info.value.problems
+    assert problems[:2] == [
+        "f.yaml:4: dns.https_listen: 10.0.0.53:853 is also dns.tls_listen: one port, one listener",
+        "f.yaml:4: dns.https_listen: [::1]:8443 is also metrics.listen: one port, one listener",
+    ]
+    assert len(problems) == 3 and "blockpage.https.listen" in problems[2] and "overlaps dns.https_listen" in problems[2]
+    fine = text.replace('[10.0.0.53, "10.0.0.53:853", "[::1]:8443"]', '["10.0.0.53:8443"]')
+    assert [str(e) for e in parse_config(fine, "f.yaml", base_dir=tmp_path).dns.https_listen] == ["10.0.0.53:8443"]
+
+
+def test_config_check_loads_the_tls_pair(tmp_path: Path) -> None:
+    """`filterd config check` before `systemctl reload`: a renewed certificate that is not the key's, or files given
+    the wrong way round, are FILE:LINE errors, not an `ok` and a reload that keeps the old pair."""
+    pki = make_pki(tmp_path / "a")
+    other = make_pki(tmp_path / "b")
+    text = (
+        "dns:\n  listen: [127.0.0.1]\n  upstreams: [192.0.2.1]\n  tls_listen: [127.0.0.1]\ntls: {{cert: {}, key: {}}}\n"
+    )
+    assert parse_config(text.format(pki.cert, pki.key), "f.yaml").tls is not None
+    for cert, key, why in ((other.cert, pki.key, "KEY_VALUES_MISMATCH"), (pki.key, pki.cert, "PEM")):
+        with pytest.raises(ConfigError) as info:
+            parse_config(text.format(cert, key), "f.yaml")
+        [problem] = info.value.problems
+        assert problem.startswith(f"f.yaml:5: tls.cert: {cert} and {key} are not a certificate and its key: ")
+        assert why in problem
+    assert parse_config(text.format(other.cert, pki.key), "f.yaml", check_files=False).tls is not None  # the server
+
+
+def test_a_missing_certificate_is_named_at_start(tmp_path: Path) -> None:
+    """The server loads the config without checking files; OpenSSL's error names none (it said "cannot read None")."""
+    from filterd.config.schema import TlsConfig
+    from filterd.transport.certs import CertificateError, ServerCertificates
+
+    pki = make_pki(tmp_path)
+    with pytest.raises(CertificateError, match=f"tls: cannot read {tmp_path / 'gone.pem'}: no such file"):
+        ServerCertificates(TlsConfig(cert=tmp_path / "gone.pem", key=pki.key))
+    with pytest.raises(CertificateError, match=f"tls: cannot read {tmp_path / 'gone.key'}: no such file"):
+        ServerCertificates(TlsConfig(cert=pki.cert, key=tmp_path / "gone.key"))
