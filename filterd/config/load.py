@@ -995,7 +995,7 @@ def parse_config(text: str, source: str, base_dir: Path | None = None, *, check_
     if groups is not None and schedules is not None and lists is not None:
         _check_groups(keys, groups, schedules, lists, p)
     tls = _tls(keys["tls"], p, base) if "tls" in keys and keys["tls"].value is not None else None
-    if dns is not None and "tls" not in keys:
+    if dns is not None and ("tls" not in keys or keys["tls"].value is None):
         _check_served_tls(keys["dns"], dns, p)
     if dns is not None and blockpage is not None and blockpage.https is not None:
         _check_https_ports(keys["blockpage"], dns, blockpage.https.listen, p)
@@ -1358,9 +1358,39 @@ def _encrypted_dns(
     return None if len(p.items) > before else out
 
 
+TLS_MODES = ("files", "local-ca")
+
+
 def _tls(node: _Node, p: _Problems, base_dir: Path) -> TlsConfig | None:
-    keys = _mapping(node, "tls", {"cert", "key"}, p)
+    """`{cert: PATH, key: PATH}` (PEM files), or `{mode: local-ca, names: [...], addresses: [...]}`."""
+    keys = _mapping(node, "tls", {"cert", "key", "mode", "names", "addresses"}, p)
     if keys is None:
+        return None
+    mode = "files"
+    if "mode" in keys:
+        text = _string(keys["mode"], "tls.mode", p)
+        if text is None:
+            return None
+        if text not in TLS_MODES:
+            p.add(keys["mode"].line, "tls.mode", f"{text!r} is not one of: {', '.join(TLS_MODES)}")
+            return None
+        mode = text
+    if mode == "local-ca":
+        return _tls_local_ca(node, keys, p)
+    for name in ("names", "addresses"):
+        if name in keys:
+            p.add(
+                keys[name].line,
+                f"tls.{name}",
+                "only with mode: local-ca (a certificate file names its own names and addresses)",
+            )
+    if not keys.keys() & {"cert", "key"}:
+        p.add(
+            node.line,
+            "tls",
+            "needs cert and key (PEM files), or mode: local-ca and the names clients use, "
+            "e.g. {mode: local-ca, names: [filter.school.example]}",
+        )
         return None
     paths: dict[str, Path] = {}
     for name in ("cert", "key"):
@@ -1387,6 +1417,57 @@ def _tls(node: _Node, p: _Problems, base_dir: Path) -> TlsConfig | None:
         except CertificateError as exc:
             p.add(keys["cert"].line, "tls.cert", str(exc).removeprefix("tls: "))
     return tls
+
+
+def _tls_local_ca(node: _Node, keys: dict[str, _Node], p: _Problems) -> TlsConfig | None:
+    """`tls: {mode: local-ca, ...}`: the names and addresses of a certificate the local CA signs (made at start)."""
+    before = len(p.items)
+    for name in ("cert", "key"):
+        if name in keys:
+            p.add(
+                keys[name].line,
+                f"tls.{name}",
+                "not with mode: local-ca (the local CA makes the certificate): remove it, or remove mode",
+            )
+
+    def host_name(n: _Node, k: str) -> str | None:
+        text = _string(n, k, p)
+        if text is None:
+            return None
+        if text.startswith("*") or _is_address(text):
+            p.add(n.line, k, f"{text!r} is not a host name (addresses go in tls.addresses; no wildcards)")
+            return None
+        return _zone_name(n, k, text, p)
+
+    def address(n: _Node, k: str) -> IPAddress | None:
+        try:
+            return ipaddress.ip_address(str(n.value).strip())
+        except ValueError:
+            p.add(n.line, k, f"{n.value!r} is not an IP address")
+            return None
+
+    names = _items(keys["names"], "tls.names", p, host_name) if "names" in keys else ()
+    addresses: tuple[IPAddress, ...] | None = (
+        _items(keys["addresses"], "tls.addresses", p, address) if "addresses" in keys else ()
+    )
+    if names == () and addresses == ():
+        p.add(
+            keys["names"].line if "names" in keys else node.line,
+            "tls.names",
+            "is required with mode: local-ca: the names clients use for filterd (e.g. [filter.school.example]), "
+            "and/or tls.addresses",
+        )
+    if len(p.items) > before or names is None or addresses is None:
+        return None
+    return TlsConfig(mode="local-ca", names=tuple(dict.fromkeys(names)), addresses=tuple(dict.fromkeys(addresses)))
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_https_ports(page_node: _Node, dns: DnsConfig, https: tuple[Endpoint, ...], p: _Problems) -> None:
@@ -1450,8 +1531,12 @@ def _same_socket(a: Endpoint, b: Endpoint) -> bool:
 
 
 def _check_served_tls(dns_node: _Node, dns: DnsConfig, p: _Problems) -> None:
-    """DoT and DoH need a certificate: `tls: {cert, key}` (where a local CA's certificate would plug in too)."""
+    """DoT and DoH need a certificate: `tls: {cert, key}`, or `tls: {mode: local-ca, names: [...]}`."""
     keys = dns_node.value if isinstance(dns_node.value, dict) else {}
     for name in ("tls_listen", "https_listen"):
         if getattr(dns, name):
-            p.add(keys[name].line, f"dns.{name}", "needs a certificate: set tls.cert and tls.key (PEM files)")
+            p.add(
+                keys[name].line,
+                f"dns.{name}",
+                "needs a certificate: set tls.cert and tls.key (PEM files), or tls.mode: local-ca and tls.names",
+            )

@@ -227,10 +227,21 @@ class RateLimitConfig:
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    """The certificate filterd serves DoT and DoH with (PEM files; re-read on SIGHUP)."""
+    """The certificate filterd serves DoT and DoH with: PEM files (re-read on SIGHUP), or one the local CA makes."""
 
-    cert: Path
-    key: Path
+    #: The certificate chain and its key (PEM files): mode `files` only.
+    cert: Path | None = None
+    key: Path | None = None
+    #: `files` (`cert` and `key`) or `local-ca`: a certificate for `names` and `addresses`, signed by the CA in
+    #: `<state_dir>/ca/` (`filterd ca init`), made at start and again before it ends.
+    mode: str = "files"
+    #: With `local-ca`: the DNS names and IP addresses clients reach filterd by (the certificate's subjectAltName).
+    names: tuple[str, ...] = ()
+    addresses: tuple[IPAddress, ...] = ()
+
+    @property
+    def local_ca(self) -> bool:
+        return self.mode == "local-ca"
 
 
 @dataclass(frozen=True, slots=True)
