@@ -77,7 +77,13 @@ from filterd.safeguarding.notify import Notifier, compose
 from filterd.sinkhole import BlockedReplies
 from filterd.tls import ca as tls_ca
 from filterd.tls.leaves import Certificates
-from filterd.transport.certs import CertificateError, ServerCertificates, certificate_names
+from filterd.transport.certs import (
+    CertificateError,
+    LocalCaCertificates,
+    ServedCertificates,
+    ServerCertificates,
+    certificate_names,
+)
 from filterd.transport.encrypted import EncryptedListeners
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
@@ -201,6 +207,10 @@ class App:
         self._https: list[HttpsListener] = []
         #: DoT and DoH served to clients (None: neither is configured).
         self.encrypted_listeners: EncryptedListeners | None = None
+        #: With `tls: {mode: local-ca}`: the task that makes the DoT/DoH certificate again before it ends.
+        self._tls_renewal: asyncio.Task[None] | None = None
+        #: How often that task looks (seconds); a renewal is due two days before the end, so hourly is plenty.
+        self.tls_check_interval = 3600.0
         self.ddr = DdrStage()
 
     def build_pipeline(
@@ -391,7 +401,7 @@ class App:
             return {"ok": False, "errors": [str(exc)]}
         for warning in self._needs_restart(config):
             log.warning("reload: %s", warning)
-        self._reload_certificates(config)
+        await self._reload_certificates(config)
         old = self.config
         config = replace(  # what is bound stays bound: the running config says what really runs
             config,
@@ -405,6 +415,7 @@ class App:
             blockpage=old.blockpage,
             admin=old.admin,
             state_dir=old.state_dir,
+            tls=old.tls if _tls_mode(old) != _tls_mode(config) else config.tls,
         )
         lists_changed = lists.matcher is not current
         if config == old and upstreams == self.upstreams and self.policy is not None:
@@ -502,6 +513,7 @@ class App:
                 ("blockpage", old.blockpage, new.blockpage),
                 ("admin", old.admin, new.admin),
                 ("state_dir", old.state_dir, new.state_dir),
+                ("tls.mode", _tls_mode(old), _tls_mode(new)),
             )
             if a != b
         ]
@@ -888,15 +900,31 @@ class App:
             return
 
     async def _listen_encrypted(self, handler: QueryHandler) -> None:
-        """DoT and DoH (`transport/encrypted.py`), with the `tls` certificate; a local CA would plug in here."""
+        """DoT and DoH (`transport/encrypted.py`), with the `tls` files' certificate, or one the local CA makes (and
+        makes again before it ends: `_renew_tls`); without that CA, filterd does not start (`filterd ca init`)."""
         dns = self.config.dns
+        tls = self.config.tls
         if not dns.tls_listen and not dns.https_listen:
             return
-        assert self.config.tls is not None  # the loader requires it with either listener
+        assert tls is not None  # the loader requires it with either listener
+        certificates: ServedCertificates
         try:
-            certificates = ServerCertificates(self.config.tls)
-        except CertificateError as exc:
-            raise StartupError(str(exc)) from None
+            if tls.local_ca:
+                authority = await asyncio.to_thread(tls_ca.load, tls_ca.ca_dir(self.config.state_dir))
+                certificates = LocalCaCertificates(tls, authority, clock=self.clock)
+            else:
+                certificates = ServerCertificates(tls)
+        except (CertificateError, tls_ca.CaError) as exc:
+            raise StartupError(f"tls: {str(exc).removeprefix('tls: ')}") from None
+        if isinstance(certificates, LocalCaCertificates):
+            assert certificates.cert is not None and certificates.signer is not None
+            log.info(
+                "tls: a certificate for %s from the local CA %s, valid until %s",
+                ", ".join([*certificates.names, *certificates.addresses]),
+                certificates.signer.fingerprint,
+                f"{certificates.cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+            )
+            self._tls_renewal = asyncio.get_running_loop().create_task(self._renew_tls(certificates))
         listeners = self.encrypted_listeners = EncryptedListeners(handler, certificates, self.tcp_limits)
         for what, endpoints, serve, bound in (
             ("dns.tls_listen", dns.tls_listen, listeners.serve_dot, self.listening.dot),
@@ -922,18 +950,44 @@ class App:
             return
         self.ddr.designate(designation(names, self.listening.dot, self.listening.doh), names)
 
-    def _reload_certificates(self, config: Config) -> None:
-        """A renewed `tls` pair goes live for new DoT/DoH connections; a bad one is logged and the running one stays."""
+    async def _reload_certificates(self, config: Config) -> None:
+        """A renewed `tls` pair goes live for new DoT/DoH connections; a bad one is logged and the running one stays.
+        With a local CA: the CA is read again (`filterd ca rotate`), and a new certificate made if the names changed
+        or another CA signs now."""
         listeners = self.encrypted_listeners
         if listeners is None or config.tls is None:
             return
+        certificates = listeners.certificates
+        if isinstance(certificates, LocalCaCertificates) != config.tls.local_ca:
+            return  # said by _needs_restart
         try:
-            listeners.certificates.reload(config.tls)
-        except CertificateError as exc:
-            log.error("reload: %s; the running certificate stays in use", exc)
+            if isinstance(certificates, LocalCaCertificates):
+                authority = await asyncio.to_thread(tls_ca.load, tls_ca.ca_dir(self.config.state_dir))
+                if certificates.update(config.tls, authority):
+                    log.info("reload: tls: a new certificate from the local CA")
+                if authority.next is not None:
+                    log.info(
+                        "reload: tls: the new local CA %s signs from %s",
+                        authority.next.fingerprint,
+                        authority.switch_at,
+                    )
+            else:
+                certificates.reload(config.tls)
+                log.info("reload: the tls certificate was read again (%s)", config.tls.cert)
+        except (CertificateError, tls_ca.CaError) as exc:
+            log.error("reload: tls: %s; the running certificate stays in use", str(exc).removeprefix("tls: "))
             return
-        log.info("reload: the tls certificate was read again (%s)", config.tls.cert)
         self._designate()
+
+    async def _renew_tls(self, certificates: LocalCaCertificates) -> None:
+        """Every `tls_check_interval`: the local CA's certificate made again when it is due (it ends within two days,
+        or a rotation's switch date has passed); no restart, no reload needed."""
+        while True:
+            await asyncio.sleep(self.tls_check_interval)
+            try:
+                certificates.renew()
+            except CertificateError as exc:
+                log.error("%s; the running certificate stays in use", exc)
 
     def client_allowed(self, client_ip: str) -> bool:
         """Whether `dns.allow_clients`, as configured now, serves this client (the block page asks per request)."""
@@ -1063,6 +1117,11 @@ class App:
         self.schedule_clock = self.directory_refresher = None
         if self.resolver is not None:
             await self.resolver.stop()
+        if self._tls_renewal is not None:
+            self._tls_renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_renewal
+            self._tls_renewal = None
         if self.encrypted_listeners is not None:
             await self.encrypted_listeners.close()
             self.encrypted_listeners = None
@@ -1170,15 +1229,26 @@ def offline_check(
     )
 
 
+def _tls_mode(config: Config) -> str | None:
+    """What makes the DoT/DoH certificate (None: no DoT/DoH); changing it needs a restart."""
+    dns = config.dns
+    return config.tls.mode if config.tls is not None and (dns.tls_listen or dns.https_listen) else None
+
+
 def _offline_ddr(config: Config) -> DdrStage | None:
     """DDR as the server would designate, from the config and the certificate's names (`check --offline`)."""
     dns = config.dns
     if config.tls is None or not (dns.tls_listen or dns.https_listen):
         return None
-    try:
-        names = certificate_names(config.tls.cert)[0]
-    except (OSError, ValueError):
+    if config.tls.local_ca:
+        names = list(config.tls.names)
+    elif config.tls.cert is None:
         return None
+    else:
+        try:
+            names = certificate_names(config.tls.cert)[0]
+        except (OSError, ValueError):
+            return None
     if not names:
         return None
     ddr = DdrStage()

@@ -36,7 +36,7 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -81,14 +81,27 @@ class LeafLimits:
 
 
 def mint_leaf(
-    ca: LocalCa, key: ec.EllipticCurvePrivateKey, name: str, now: dt.datetime, lifetime: dt.timedelta
+    ca: LocalCa,
+    key: ec.EllipticCurvePrivateKey,
+    name: str | Sequence[str],
+    now: dt.datetime,
+    lifetime: dt.timedelta,
+    *,
+    addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+    organization: str = "filterd block page",
 ) -> x509.Certificate:
-    """A server certificate for `name` alone, signed by `ca`, valid from a little before `now` for `lifetime`
-    (never past the CA's own end)."""
+    """A server certificate (serverAuth) for `name` (or these names) and `addresses` and nothing else, signed by
+    `ca`, valid from a little before `now` for `lifetime` (never past the CA's own end)."""
+    names = [name] if isinstance(name, str) else list(name)
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans += [x509.IPAddress(a) for a in addresses]
+    if not sans:
+        raise ValueError("a certificate needs a name or an address")
     public = key.public_key()
-    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "filterd block page")]
-    if len(name) <= 64:  # X.509's upper bound for a common name; browsers read only the SAN anyway
-        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, name))
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)]
+    first = names[0] if names else str(addresses[0])
+    if len(first) <= 64:  # X.509's upper bound for a common name; browsers read only the SAN anyway
+        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, first))
     ca_public = ca.cert.public_key()
     assert isinstance(ca_public, ec.EllipticCurvePublicKey)
     return (
@@ -99,7 +112,7 @@ def mint_leaf(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(min(now + lifetime, ca.cert.not_valid_after_utc))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

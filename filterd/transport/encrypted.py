@@ -4,8 +4,9 @@ over HTTPS (`dns.https_listen`: `doh.py` on hypercorn's HTTP/2 and HTTP/1.1 prot
 Both bound each client as DNS over TCP does (`TcpLimits`: connections per client address and in all, the idle
 timeout, which also bounds the TLS handshake). Connections still in their TLS handshake are bounded the same way,
 before the handshake starts: filterd accepts them itself (`_accept`) and hands each admitted socket to TLS, so a
-client that opens connections and never says hello holds at most its share, for at most the idle timeout. A
-local CA (the HTTPS block page's) would plug in where `ServerCertificates` is built from the `tls` files.
+client that opens connections and never says hello holds at most its share, for at most the idle timeout. The
+certificate (`certs.py`: the `tls` files, or one the local CA makes) is loaded into the two contexts given here,
+which stay the same objects for the listeners' life: a renewed certificate reaches new connections through them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
 from filterd.config.schema import Endpoint
-from filterd.transport.certs import ServerCertificates
+from filterd.transport.certs import ServedCertificates
 from filterd.transport.doh import Activity, DohApp
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
@@ -34,7 +35,7 @@ _Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class EncryptedListeners:
-    def __init__(self, handler: QueryHandler, certificates: ServerCertificates, limits: TcpLimits) -> None:
+    def __init__(self, handler: QueryHandler, certificates: ServedCertificates, limits: TcpLimits) -> None:
         self.handler = handler
         self.certificates = certificates
         self.limits = limits
