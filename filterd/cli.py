@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suggest.add_argument("--since", metavar="DURATION", default="7d", help="the period (default: %(default)s)")
 
-    ca = sub.add_parser("ca", parents=[common], help="the local CA for the block page over HTTPS (blockpage.https)")
+    ca = sub.add_parser(
+        "ca",
+        parents=[common],
+        help="the local CA: the block page over HTTPS, and DoT/DoH's certificate (tls.mode local-ca)",
+    )
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
     ca_init = ca_sub.add_parser("init", parents=[common], help="create the CA in state_dir/ca (never overwrites)")
     ca_init.add_argument("--name", help="the name devices show for it (default: filterd block page CA (HOST))")
@@ -389,7 +393,10 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
     ca = tls_ca.init(folder, args.name or tls_ca.default_name(), datetime.datetime.now(datetime.UTC))
     print(f"created the local CA in {folder} (key: ca.key, mode 0600)")
     print(f"  SHA-256 fingerprint: {ca.fingerprint}")
-    print("install it on managed devices (`filterd ca export`, deploy/README.md), then set blockpage.https")
+    print(
+        "install it on managed devices (`filterd ca export`, deploy/README.md), then set blockpage.https "
+        "and/or tls: {mode: local-ca, names: [...]}"
+    )
     return 0
 
 
