@@ -160,6 +160,7 @@ class App:
         registry: CollectorRegistry | None = None,
         tcp: TcpLimits | None = None,
         clock: Callable[[], float] = time.time,
+        tls_check_interval: float = 3600.0,
     ) -> None:
         self.config = config
         self.tcp_limits = tcp if tcp is not None else TcpLimits()
@@ -210,7 +211,7 @@ class App:
         #: With `tls: {mode: local-ca}`: the task that makes the DoT/DoH certificate again before it ends.
         self._tls_renewal: asyncio.Task[None] | None = None
         #: How often that task looks (seconds); a renewal is due two days before the end, so hourly is plenty.
-        self.tls_check_interval = 3600.0
+        self.tls_check_interval = tls_check_interval
         self.ddr = DdrStage()
 
     def build_pipeline(

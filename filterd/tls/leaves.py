@@ -1,8 +1,8 @@
 """A certificate for each blocked name a browser asks the block page for (TLS SNI), signed by the local CA.
 
 `mint_leaf` is pure (the CA, the name and the time are arguments); it also makes the DoT/DoH certificate for
-`tls: {mode: local-ca}` (several names and addresses: `filterd/transport/certs.py`). `Certificates` is the shell the HTTPS
-listener asks before each handshake, with the name read from the ClientHello: `prepare(name, client_ip)`
+`tls: {mode: local-ca}` (several names and addresses: `filterd/transport/certs.py`). `Certificates` is the shell
+the HTTPS listener asks before each handshake, with the name read from the ClientHello: `prepare(name, client_ip)`
 
 - refuses (a TLS alert, never a certificate) a handshake without a name, and a name that filterd would not
   block for that client (`blocked(name, client_ip)`: the policy's own decision, the client's group included);

@@ -174,6 +174,36 @@ def test_a_reload_with_new_names_serves_a_new_certificate(
     assert {rd.target.to_text() for rrset in reply.answer for rd in rrset} == {"doh.school.test."}
 
 
+def test_the_timer_makes_a_new_certificate_before_the_old_one_ends(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, state_dir: Path
+) -> None:
+    """No reload, no restart: the running server's check (every 50 ms here) re-makes it once under 2 days are left."""
+    import time
+
+    from filterd.transport.certs import LocalCaCertificates
+
+    now = [time.time()]
+    server = start_filterd(config_text(dnsmasq, state_dir), clock=lambda: now[0], tls_check_interval=0.05)
+    assert server.app is not None and server.app.encrypted_listeners is not None
+    certificates = server.app.encrypted_listeners.certificates
+    assert isinstance(certificates, LocalCaCertificates)
+    first = certificates.cert
+    assert first is not None
+    time.sleep(0.3)
+    assert certificates.cert is first  # 7 days left: kept
+    now[0] += 5.5 * 86400
+    deadline = time.monotonic() + 5
+    while certificates.cert is first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = certificates.cert
+    assert second is not None and second is not first
+    assert second.not_valid_after_utc > first.not_valid_after_utc
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    assert _served_cert(server, unverified).serial_number == second.serial_number  # what new connections get
+
+
 def test_without_a_ca_filterd_says_how_to_make_one(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
     path = tmp_path / "filterd.yaml"
     path.write_text(config_text(dnsmasq, tmp_path / "empty-state").replace("\n        ", "\n"))
