@@ -20,6 +20,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import hpack
 
 from filterd.config.schema import EncryptedUpstream
 from filterd.dns import wire
@@ -119,7 +120,10 @@ class DohUpstream(KeptConnection[_H2Session]):
         body = b"\x00\x00" + packet[2:]  # ID 0 (RFC 8484 4.1): HTTP caches see one query as one
         try:
             stream_id = session.h2.get_next_available_stream_id()
-            session.h2.send_headers(stream_id, [*self._headers, (b"content-length", b"%d" % len(body))])
+            # the length as a literal never indexed: ~40 lengths would otherwise fill HPACK's dynamic table, and
+            # every search of it (each header of each request) would walk them
+            length = hpack.NeverIndexedHeaderTuple(b"content-length", b"%d" % len(body))
+            session.h2.send_headers(stream_id, [*self._headers, length])
             session.h2.send_data(stream_id, body, end_stream=True)
         except h2.exceptions.NoAvailableStreamIDError:
             session.closed = True  # new queries go to a new connection; this one drains
