@@ -229,7 +229,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="filterd-bench-enc-") as tmp:
         work = Path(tmp)
         backend = Dnsmasq(work)
-        backend.command = lambda base=backend.command: [*base(), "--address=/miss.bench.test/127.10.255.1"]  # type: ignore[method-assign]
+        backend.command = lambda base=backend.command: [*base(), "--address=/miss.bench.test/127.10.255.1"]  # type: ignore[method-assign,misc]
         backend.start()
         pki = make_pki(work / "pki", ("dns.test",))
         dnsdist = Dnsdist(work, pki, backend.address)
