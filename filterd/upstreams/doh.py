@@ -134,11 +134,15 @@ class DohUpstream(KeptConnection[_H2Session]):
             # every search of it (each header of each request) would walk them
             length = hpack.NeverIndexedHeaderTuple(b"content-length", b"%d" % len(body))
             session.h2.send_headers(stream_id, [*self._headers, length])
-            session.h2.send_data(stream_id, body, end_stream=True)
         except h2.exceptions.NoAvailableStreamIDError:
             session.closed = True  # new queries go to a new connection; this one drains
             raise SessionClosed("stream IDs used up") from None
         except h2.exceptions.ProtocolError as exc:
+            raise UpstreamError("network", f"HTTP/2: {exc}") from None
+        try:
+            session.h2.send_data(stream_id, body, end_stream=True)
+        except h2.exceptions.ProtocolError as exc:  # e.g. a flow-control window smaller than the query
+            self._reset(session, stream_id)  # (else h2 would count the half-sent stream as open for ever)
             raise UpstreamError("network", f"HTTP/2: {exc}") from None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
