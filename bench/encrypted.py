@@ -10,7 +10,8 @@ differs. For each, N distinct names are sent over UDP with C outstanding at once
 connection); reported: queries/s, and filterd's CPU time per query (user+system from /proc), median of R runs.
 
 `--clients` also times the DoH clients alone against dnsdist (N POSTs, C at once): httpx with HTTP/2, and
-filterd's own (`filterd/upstreams/doh.py`, the h2 library under a thin asyncio shell), which it uses because of this.
+filterd's own (`filterd/upstreams/doh.py`, the h2 library under a thin asyncio shell), which it uses because of this;
+and the h2 library's own work a query with no I/O at all (N streams), the floor of a DoH upstream built on it.
 
 Bounded and local: every server listens on 127.0.0.1 on a free port, every query goes to loopback with a 2 s
 timeout, every process started here is stopped by its PID. Needs dnsmasq and dnsdist (apt-get install
@@ -216,6 +217,53 @@ async def doh_clients(dnsdist: Dnsdist, ca: Path, queries: int, concurrency: int
     return out
 
 
+def h2_alone(streams: int) -> tuple[float, float]:
+    """The h2 library's own client-side work a DoH query, in us (send, receive), with no socket, TLS or event loop:
+    filterd's request (its H2Configuration and headers) against an h2 server connection answering as dnsdist does.
+    The floor of any DoH upstream built on h2."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import hpack
+
+    from filterd.config.upstream_url import parse_upstream_url
+    from filterd.upstreams.doh import client_config, request_headers
+
+    c = h2.connection.H2Connection(config=client_config())
+    s = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False, header_encoding=None))
+    c.initiate_connection()
+    s.initiate_connection()
+    s.receive_data(c.data_to_send())
+    c.receive_data(s.data_to_send())
+    s.receive_data(c.data_to_send())
+    headers = request_headers(parse_upstream_url("https://dns.test:8443/dns-query@127.0.0.1"))
+    body, reply = query_packet(0, "q.miss.bench.test"), b"\x80" * 51
+    answer = [(b":status", b"200"), (b"content-type", b"application/dns-message"), (b"content-length", b"51")]
+    sent = received = 0.0
+    for _ in range(streams):
+        started = time.perf_counter()
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, [*headers, hpack.NeverIndexedHeaderTuple(b"content-length", b"%d" % len(body))])
+        c.send_data(sid, body, end_stream=True)
+        out = c.data_to_send()
+        sent += time.perf_counter() - started
+        for event in s.receive_data(out):
+            if isinstance(event, h2.events.DataReceived):
+                s.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        s.send_headers(sid, answer)
+        s.send_data(sid, reply, end_stream=True)
+        back = s.data_to_send()
+        started = time.perf_counter()
+        for event in c.receive_data(back):
+            if isinstance(event, h2.events.DataReceived):
+                c.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        update = c.data_to_send()
+        received += time.perf_counter() - started
+        if update:
+            s.receive_data(update)
+    return sent / streams * 1e6, received / streams * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=5000)
@@ -229,7 +277,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="filterd-bench-enc-") as tmp:
         work = Path(tmp)
         backend = Dnsmasq(work)
-        backend.command = lambda base=backend.command: [*base(), "--address=/miss.bench.test/127.10.255.1"]  # type: ignore[method-assign]
+        backend.command = lambda base=backend.command: [*base(), "--address=/miss.bench.test/127.10.255.1"]  # type: ignore[method-assign,misc]
         backend.start()
         pki = make_pki(work / "pki", ("dns.test",))
         dnsdist = Dnsdist(work, pki, backend.address)
@@ -251,6 +299,9 @@ def main() -> int:
         print("\nDoH client libraries alone against dnsdist:")
         for label, (rate, failed) in clients.items():
             print(f"- {label}: {rate:,.0f} queries/s ({failed} failed)")
+        sent, received = h2_alone(args.queries)
+        print(f"- the h2 library's own work a query (no socket, TLS or loop): {sent + received:.0f} us")
+        print(f"  ({sent:.0f} sending, {received:.0f} reading the reply; plain's whole miss: {plain_cpu:.0f} us)")
     return 0
 
 

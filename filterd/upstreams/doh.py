@@ -4,8 +4,10 @@ sans-IO protocol; a GOAWAY or a used-up stream ID space moves new queries to a n
 
 Why not httpx[http2]: measured with bench/encrypted.py, filterd forwarding misses through httpx's HTTP/2 client
 spent about 9x the CPU of the plain path (1,290 against 140 us a query); the same h2 protocol under this thin shell
-costs about as much as plain DNS. aiohttp's client speaks HTTP/1.1 only (one query per connection at a time), and
-aioquic's HTTP stack is HTTP/3 only.
+costs about 2.5x plain on uvloop, and h2's own work is most of that (about as much as a whole plain miss: see
+`bench/encrypted.py --clients`), so the shell keeps its own part small: the streams started in one event-loop turn
+leave in one write, a timer (not a task or a Timeout context) bounds each, and the stream table is ours. aiohttp's
+client speaks HTTP/1.1 only (one query per connection at a time), and aioquic's HTTP stack is HTTP/3 only.
 
 filterd connects to the pinned address, or to the one `dns.bootstrap` gave for NAME, never through the system
 resolver; TLS is verified for NAME (the SNI and `:authority` carry it). Never clear text.
@@ -20,6 +22,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import hpack
 
 from filterd.config.schema import EncryptedUpstream
 from filterd.dns import wire
@@ -30,6 +33,27 @@ MEDIA_TYPE = b"application/dns-message"
 READ_SIZE = 65536
 
 
+def client_config() -> h2.config.H2Configuration:
+    """The h2 client's configuration: our request headers are constants (`request_headers`), so h2 does not check
+    and normalise them again for every stream (a few percent of a miss); the server's headers are still checked."""
+    return h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+    )
+
+
+def request_headers(upstream: EncryptedUpstream) -> list[tuple[bytes, bytes]]:
+    """Every request's headers but its content-length: lower-case, valid, in HTTP/2's order (pseudo-headers first)."""
+    authority = upstream.server_name if upstream.port == 443 else f"{upstream.server_name}:{upstream.port}"
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", authority.encode()),
+        (b":path", upstream.path.encode()),
+        (b"accept", MEDIA_TYPE),
+        (b"content-type", MEDIA_TYPE),
+    ]
+
+
 class _Stream:
     __slots__ = ("body", "content_type", "future", "question", "status")
 
@@ -38,30 +62,45 @@ class _Stream:
         self.question = question
         self.status = 0
         self.content_type = b""
-        self.body: list[bytes] = []
+        self.body: bytes | bytearray = b""
+
+
+def _expire(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(UpstreamError("timeout", "no HTTPS answer in time"))
 
 
 class _H2Session(Session):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(reader, writer)
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = h2.connection.H2Connection(config=client_config())
         self.h2.initiate_connection()
+        #: The streams waiting for their reply; a stream leaves when it ends, is reset, fails or gives up.
         self.streams: dict[int, _Stream] = {}
         #: Set whenever a stream ends: a query waiting for the server's stream limit tries again.
         self.slot = asyncio.Event()
+        self._flush_queued = False
         self.flush()
 
     def flush(self) -> None:
+        self._flush_queued = False
         data = self.h2.data_to_send()
         if data and not self.writer.is_closing():
             self.writer.write(data)
+
+    def flush_soon(self) -> None:
+        """Write what h2 has queued once this turn of the event loop is over: the queries started in the same turn
+        share one TLS record and one send (a write a query was a sixth of filterd's CPU a miss)."""
+        if not self._flush_queued:
+            self._flush_queued = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def busy(self) -> bool:
         return bool(self.streams)
 
     def fail_all(self, reason: str) -> None:
-        for stream in self.streams.values():
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
             if not stream.future.done():
                 stream.future.set_exception(SessionClosed(reason))
         self.slot.set()
@@ -78,56 +117,64 @@ class DohUpstream(KeptConnection[_H2Session]):
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         super().__init__(upstream, context, lookup, idle_timeout)
-        authority = upstream.server_name if upstream.port == 443 else f"{upstream.server_name}:{upstream.port}"
-        self._headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"https"),
-            (b":authority", authority.encode()),
-            (b":path", upstream.path.encode()),
-            (b"accept", MEDIA_TYPE),
-            (b"content-type", MEDIA_TYPE),
-        ]
+        self._headers = request_headers(upstream)
 
     def _start(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _H2Session:
         return _H2Session(reader, writer)
 
     async def _ask(self, session: _H2Session, packet: bytes, question: bytes, deadline: float) -> bytes:
+        if len(session.streams) >= session.h2.remote_settings.max_concurrent_streams:
+            await self._wait_for_slot(session, deadline)
+        if session.closed or session.writer.is_closing():
+            raise SessionClosed("the connection is closing")
         body = b"\x00\x00" + packet[2:]  # ID 0 (RFC 8484 4.1): HTTP caches see one query as one
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        try:
+            stream_id = session.h2.get_next_available_stream_id()
+            # the length as a literal never indexed: ~40 lengths would otherwise fill HPACK's dynamic table, and
+            # every search of it (each header of each request) would walk them
+            length = hpack.NeverIndexedHeaderTuple(b"content-length", b"%d" % len(body))
+            session.h2.send_headers(stream_id, [*self._headers, length])
+        except h2.exceptions.NoAvailableStreamIDError:
+            session.closed = True  # new queries go to a new connection; this one drains
+            raise SessionClosed("stream IDs used up") from None
+        except h2.exceptions.ProtocolError as exc:
+            raise UpstreamError("network", f"HTTP/2: {exc}") from None
+        try:
+            session.h2.send_data(stream_id, body, end_stream=True)
+        except h2.exceptions.ProtocolError as exc:  # e.g. a flow-control window smaller than the query
+            self._reset(session, stream_id)  # (else h2 would count the half-sent stream as open for ever)
+            raise UpstreamError("network", f"HTTP/2: {exc}") from None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        session.streams[stream_id] = _Stream(future, question)
+        session.flush_soon()
+        timer = loop.call_at(deadline, _expire, future)  # a timer: cheaper than a Timeout context around the await
+        try:
+            data = await future
+        finally:
+            timer.cancel()
+            if session.streams.pop(stream_id, None) is not None:  # timed out or cancelled: the server may stop
+                self._reset(session, stream_id)
+        return packet[:2] + data[2:]
+
+    @staticmethod
+    async def _wait_for_slot(session: _H2Session, deadline: float) -> None:
+        """Wait until the server's SETTINGS_MAX_CONCURRENT_STREAMS lets one more stream open."""
         try:
             async with asyncio.timeout_at(deadline):
-                while session.h2.open_outbound_streams >= session.h2.remote_settings.max_concurrent_streams:
+                while len(session.streams) >= session.h2.remote_settings.max_concurrent_streams:
                     session.slot.clear()
                     await session.slot.wait()
                     if session.closed:
                         raise SessionClosed("the connection closed")
-                if session.closed or session.writer.is_closing():
-                    raise SessionClosed("the connection is closing")
-                try:
-                    stream_id = session.h2.get_next_available_stream_id()
-                    session.h2.send_headers(stream_id, [*self._headers, (b"content-length", b"%d" % len(body))])
-                    session.h2.send_data(stream_id, body, end_stream=True)
-                except h2.exceptions.NoAvailableStreamIDError:
-                    session.closed = True  # new queries go to a new connection; this one drains
-                    raise SessionClosed("stream IDs used up") from None
-                except h2.exceptions.ProtocolError as exc:
-                    raise UpstreamError("network", f"HTTP/2: {exc}") from None
-                session.streams[stream_id] = _Stream(future, question)
-                session.flush()
-                try:
-                    data = await future
-                finally:
-                    if session.streams.pop(stream_id, None) is not None and not future.done():
-                        self._reset(session, stream_id)
         except TimeoutError:
             raise UpstreamError("timeout", "no HTTPS answer in time") from None
-        return packet[:2] + data[2:]
 
     @staticmethod
     def _reset(session: _H2Session, stream_id: int) -> None:
         try:
             session.h2.reset_stream(stream_id)
-            session.flush()
+            session.flush_soon()
         except h2.exceptions.H2Error:
             pass
 
@@ -154,7 +201,20 @@ class DohUpstream(KeptConnection[_H2Session]):
             session.flush()
 
     def _on_event(self, session: _H2Session, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
+        # a reply is ResponseReceived, DataReceived and StreamEnded; the other events (settings, window updates,
+        # pings) h2 answers itself
+        if isinstance(event, h2.events.DataReceived):
+            if event.flow_controlled_length:
+                session.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            stream = session.streams.get(event.stream_id)
+            if stream is not None and event.data:
+                if not stream.body:
+                    stream.body = event.data  # the usual case: the whole reply in one DATA frame, no copy
+                elif isinstance(stream.body, bytearray):
+                    stream.body += event.data
+                else:
+                    stream.body = bytearray(stream.body) + event.data  # (many small frames: no quadratic copying)
+        elif isinstance(event, h2.events.ResponseReceived):
             stream = session.streams.get(event.stream_id)
             if stream is not None:
                 for name, value in event.headers or ():
@@ -162,27 +222,22 @@ class DohUpstream(KeptConnection[_H2Session]):
                         stream.status = int(value)
                     elif name == b"content-type":
                         stream.content_type = bytes(value).split(b";")[0].strip().lower()
-        elif isinstance(event, h2.events.DataReceived):
-            if event.flow_controlled_length:
-                session.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            stream = session.streams.get(event.stream_id)
-            if stream is not None and event.data:
-                stream.body.append(event.data)
         elif isinstance(event, h2.events.StreamEnded):
-            stream = session.streams.get(event.stream_id)
+            stream = session.streams.pop(event.stream_id, None)
             if stream is not None and not stream.future.done():
                 _finish(stream, self.upstream)
             session.slot.set()
         elif isinstance(event, h2.events.StreamReset):
-            stream = session.streams.get(event.stream_id)
+            stream = session.streams.pop(event.stream_id, None)
             if stream is not None and not stream.future.done():
                 stream.future.set_exception(UpstreamError("network", f"stream reset ({event.error_code})"))
             session.slot.set()
         elif isinstance(event, h2.events.ConnectionTerminated):  # GOAWAY: what it did not take is asked again
             session.closed = True
             last = event.last_stream_id if event.last_stream_id is not None else 0
-            for stream_id, stream in session.streams.items():
-                if stream_id > last and not stream.future.done():
+            for stream_id in [sid for sid in session.streams if sid > last]:
+                stream = session.streams.pop(stream_id)
+                if not stream.future.done():
                     stream.future.set_exception(SessionClosed("the server sent GOAWAY"))
             session.slot.set()
 
@@ -194,7 +249,7 @@ def _finish(stream: _Stream, upstream: EncryptedUpstream) -> None:
     if stream.content_type != MEDIA_TYPE:
         stream.future.set_exception(UpstreamError("mismatch", f"content type {stream.content_type.decode()!r}"))
         return
-    data = b"".join(stream.body)
+    data = bytes(stream.body)
     header = wire.response_header(data)
     if header is None or not header[1] & wire.QR or not wire.question_matches(data, stream.question):
         stream.future.set_exception(UpstreamError("mismatch", "the reply is not an answer to the question asked"))

@@ -83,7 +83,11 @@ class KeptConnection(Generic[S]):
         """The reply to `packet` (whose ID it keeps), or UpstreamError."""
         deadline = asyncio.get_running_loop().time() + timeout
         for attempt in range(2):
-            session, fresh = await self._session_for(deadline)
+            session = self._session
+            if session is not None and not session.closed:
+                fresh = False  # the common case: no coroutine to find it
+            else:
+                session, fresh = await self._session_for(deadline)
             try:
                 return await self._ask(session, packet, question, deadline)
             except SessionClosed as exc:

@@ -362,6 +362,8 @@ async def test_doh_streams_answer_out_of_order_and_bad_answers_fail(pki: Pki) ->
         reply = await client.exchange(*_question("bb.example"), 3.0)  # the connection is still good
         assert dns.message.from_wire(reply).answer[0][0].address == "192.0.2.2"
         assert client.connects == 1
+        session = client._session
+        assert session is not None and not session.streams  # answered, failed and reset streams all left the table
     finally:
         await client.close()
         await server.close()
