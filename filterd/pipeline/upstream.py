@@ -38,61 +38,19 @@ log = logging.getLogger(__name__)
 MergeKey = tuple[str, int, int, bool, bool]
 
 
-class _UdpExchange(asyncio.DatagramProtocol):
-    def __init__(self, qid: int, question: bytes) -> None:
-        self.qid = qid
-        self.question = question
-        self.future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.mismatches = 0
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        if self.future.done():
-            return
-        header = wire.response_header(data)
-        if (
-            header is None
-            or header[0] != self.qid
-            or not header[1] & wire.QR
-            or not wire.question_matches(data, self.question)
-        ):
-            self.mismatches += 1  # spoofed or stale: ignore it and keep listening
-            return
-        self.future.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.future.done():
-            self.future.set_exception(UpstreamError("network", str(exc)))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.future.done():
-            self.future.set_exception(UpstreamError("network", str(exc or "connection closed")))
-
-
 def _with_id(packet: bytes, qid: int) -> bytes:
     return struct.pack("!H", qid) + packet[2:]
 
 
 async def exchange_udp(upstream: Endpoint, packet: bytes, question: bytes, timeout: float) -> tuple[bytes, int]:
-    """Send one query; return (response, mismatched replies ignored). Raises UpstreamError."""
-    loop = asyncio.get_running_loop()
-    qid = secrets.randbits(16)
+    """One query on a socket of its own (a fresh random port), for the few exchanges outside a resolver (the
+    list hosts' lookups, a probe with no resolver): a pool of one socket, used once (`upstreams/udp.py`, which
+    matches the reply). Returns (response, mismatched replies ignored). Raises UpstreamError."""
+    pool = UdpPool(upstream.host, upstream.port, sockets=1, uses=1)
     try:
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _UdpExchange(qid, question), remote_addr=(upstream.host, upstream.port)
-        )
-    except OSError as exc:
-        raise UpstreamError("network", str(exc)) from None
-    try:
-        transport.sendto(_with_id(packet, qid))
-        try:
-            return await asyncio.wait_for(asyncio.shield(protocol.future), timeout), protocol.mismatches
-        except TimeoutError:
-            kind = "mismatch" if protocol.mismatches else "timeout"
-            raise UpstreamError(kind, f"no matching answer within {timeout:.2f}s") from None
+        return await pool.exchange(packet, question, timeout), pool.mismatches
     finally:
-        if not protocol.future.done():
-            protocol.future.cancel()  # so the close below does not leave an unretrieved exception
-        transport.close()
+        pool.close()
 
 
 async def exchange_tcp(upstream: Endpoint, packet: bytes, question: bytes, timeout: float) -> bytes:
