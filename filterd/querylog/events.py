@@ -40,26 +40,14 @@ class QueryEvents:
 
     def answered(self, query: Query, answer: Answer) -> None:
         decision = answer.decision
-        text = _DECISION_TEXT.get(decision)
-        if text is None:
+        if decision not in _DECISION_TEXT:
             return  # rate limited or dropped: a flood's queries, counted in metrics, not worth a row each
         group = "" if query.group is None else query.group.name
         querylog = self.querylog
         if querylog is not None:
-            q = query.question
-            blocked = decision is Decision.BLOCKED
-            tail = (
-                group,
-                q.qname,
-                QTYPE_LABELS.get(q.qtype, "other"),
-                text,
-                answer.reason if blocked else "",
-                answer.category,
-            )
             received = query.received
-            querylog.log(
-                query.client_ip, tail, self.clock(), (time.perf_counter() - received) * 1000 if received else 0.0
-            )
+            ms = (time.perf_counter() - received) * 1000 if received else 0.0
+            querylog.log(query.client_ip, log_tail(group, query.question, answer), self.clock(), ms)
         if decision is Decision.BLOCKED and self.engine is not None:
             self._observe(query.client_ip, group, query.question.qname, answer)
 
@@ -87,12 +75,11 @@ class QueryEvents:
 def log_tail(group: str, question: Question, answer: Answer) -> Tail:
     """What the query log keeps of an answer besides who and when (plain strings: the writer marshals them)."""
     decision = answer.decision
-    blocked = decision is Decision.BLOCKED
     return (
         group,
         question.qname,
         QTYPE_LABELS.get(question.qtype, "other"),
-        decision.value,
-        answer.reason if blocked else "",
+        _DECISION_TEXT[decision],
+        answer.reason if decision is Decision.BLOCKED else "",
         answer.category,
     )
