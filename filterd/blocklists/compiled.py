@@ -428,12 +428,12 @@ class CompiledMatcher:
         name = qname
         exact = True
         while True:
-            if exact:  # the query name itself: mostly new, not worth keeping
+            # a parent is the same few (com, net, a popular site) again and again: remembered; the query name
+            # itself is mostly new, not worth keeping
+            h = 0 if exact else memo.get(name, 0)
+            if not h:
                 h = _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
-            else:  # a parent: the same few (com, net, a popular site) again and again
-                h = memo.get(name, 0)
-                if not h:
-                    h = _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
+                if not exact:
                     if len(memo) >= _PARENTS_MEMO:
                         memo.clear()
                     memo[name] = h
