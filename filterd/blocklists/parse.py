@@ -6,13 +6,13 @@ raises; it is counted in `Skipped`, and the first one is kept as a sample so the
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from filterd.blocklists.rules import BRAND, PATTERN, PublicSuffixes, Rule, brand_label, check_pattern, suffix_check
+from filterd.dns.names import is_address
 
 __all__ = [
     "FORMATS",
@@ -474,13 +474,7 @@ def _is_header(line: str) -> bool:
 
 def _is_ip(text: str) -> bool:
     """Whether `text` is an IPv4/IPv6 address (the common sink addresses without the slow parser)."""
-    if text in _COMMON_ADDRESSES:
-        return True
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    return text in _COMMON_ADDRESSES or is_address(text)
 
 
 def _invalid(text: str) -> str:

@@ -56,6 +56,7 @@ from filterd.config.schema import (
     YoutubeRestriction,
 )
 from filterd.config.units import format_size, parse_size
+from filterd.dns.names import is_address
 from filterd.errors import ConfigError
 
 EMBEDDED_NAME = "<embedded default>"
@@ -1434,7 +1435,7 @@ def _tls_local_ca(node: _Node, keys: dict[str, _Node], p: _Problems) -> TlsConfi
         text = _string(n, k, p)
         if text is None:
             return None
-        if text.startswith("*") or _is_address(text):
+        if text.startswith("*") or is_address(text):
             p.add(n.line, k, f"{text!r} is not a host name (addresses go in tls.addresses; no wildcards)")
             return None
         return _zone_name(n, k, text, p)
@@ -1460,14 +1461,6 @@ def _tls_local_ca(node: _Node, keys: dict[str, _Node], p: _Problems) -> TlsConfi
     if len(p.items) > before or names is None or addresses is None:
         return None
     return TlsConfig(mode="local-ca", names=tuple(dict.fromkeys(names)), addresses=tuple(dict.fromkeys(addresses)))
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_https_ports(page_node: _Node, dns: DnsConfig, https: tuple[Endpoint, ...], p: _Problems) -> None:

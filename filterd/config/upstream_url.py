@@ -11,6 +11,7 @@ import ipaddress
 import re
 
 from filterd.config.schema import EncryptedUpstream
+from filterd.dns.names import is_address
 
 SCHEMES = {"tls": 853, "https": 443}
 _NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)*$")
@@ -50,7 +51,7 @@ def parse_upstream_url(text: str) -> EncryptedUpstream:
     name = name.lower().rstrip(".")
     if not name:
         raise ValueError(f"{text!r} needs a server name to verify the certificate for (e.g. {example})")
-    if _is_ip(name):  # tls://1.1.1.1: verified against the certificate's IP addresses (a pin of its own)
+    if is_address(name):  # tls://1.1.1.1: verified against the certificate's IP addresses (a pin of its own)
         pin = pin or name
     elif not _NAME_RE.match(name):
         raise ValueError(f"{text!r}: {name!r} is not a host name (e.g. {example})")
@@ -60,11 +61,3 @@ def parse_upstream_url(text: str) -> EncryptedUpstream:
             raise ValueError(f"{text!r}: port {port_text!r} is not a number in 1-65535")
         port = int(port_text)
     return EncryptedUpstream(pin, port, scheme=scheme, server_name=name, path=path)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import math
 import sqlite3
@@ -29,6 +28,7 @@ import jinja2
 from aiohttp import web
 
 from filterd.config.load import parse_duration
+from filterd.dns.names import is_address
 from filterd.logs import ClientEvents, printable
 from filterd.querylog.record import Privacy, Record
 from filterd.querylog.report import LABELS, render_html
@@ -96,7 +96,7 @@ def _environment() -> jinja2.Environment:
     env.filters["percent"] = lambda share: f"{share * 100:.1f}%"
     env.filters["reason"] = row_reason
     env.globals["urlencode"] = urlencode
-    env.globals["is_address"] = _is_address  # (not a keyed hash, as a client is under `privacy: hash-clients`)
+    env.globals["is_address"] = is_address  # (not a keyed hash, as a client is under `privacy: hash-clients`)
     env.globals["labels"] = LABELS
     return env
 
@@ -313,7 +313,7 @@ class Console:
         """The newest `limit` rows that match, every filter applied by SQLite (a device's name through the
         devices table): on a busy network the rows a filter wants may be hours back."""
         device = wanted.device
-        by_address = _is_address(device)  # (under `privacy: hash-clients` the rows hold the address's keyed hash)
+        by_address = is_address(device)  # (under `privacy: hash-clients` the rows hold the address's keyed hash)
         return await self._rows(
             client=device if by_address else None,
             device=None if by_address else device or None,
@@ -395,7 +395,7 @@ class Console:
             key = (row.name, row.client)
             if key in out:
                 continue
-            client = row.client if _is_address(row.client) else None
+            client = row.client if is_address(row.client) else None
             try:
                 out[key] = self.backend.check(row.name, client, quote=False)
             except AdminRequestError:
@@ -509,14 +509,6 @@ def _gone(request: web.Request) -> bool:
     """The client of a long response has closed its connection (no need to look for rows for it)."""
     transport = request.transport
     return transport is None or transport.is_closing()
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _key(row: Record) -> tuple[Any, ...]:
