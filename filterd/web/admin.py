@@ -18,6 +18,7 @@ from aiohttp import web
 from filterd.config.load import parse_duration
 from filterd.logs import ClientEvents, printable
 from filterd.querylog.report import Report, render_html, render_text
+from filterd.web.blockpage import Limits
 from filterd.web.runner import HANDLER_ARGS
 
 log = logging.getLogger(__name__)
@@ -186,10 +187,10 @@ def admin_app(
         return _json(await backend.suggest(since))
 
     app = web.Application(middlewares=[authorize], client_max_size=64 * 1024)
-    # A connection that sends nothing (or never finishes its headers) is closed after IDLE seconds, as the block
-    # page's are: the page may be on the LAN for a phone (`admin.allow_remote`). A live log is a response in
-    # progress, not an idle connection.
-    app[HANDLER_ARGS] = {"keepalive_timeout": IDLE, "max_line_size": 8190, "max_field_size": 8190, "max_headers": 64}
+    # The block page's bounds on lines, headers and lingering; a connection that sends nothing (or never finishes
+    # its headers) is closed after IDLE seconds: the page may be on the LAN for a phone (`admin.allow_remote`).
+    # A live log is a response in progress, not an idle connection.
+    app[HANDLER_ARGS] = Limits(idle=IDLE).handler_args()
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/lists", lists)
     app.router.add_post("/api/lists/update", update)

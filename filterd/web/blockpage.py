@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from string import Template
+from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
@@ -57,6 +58,16 @@ class Limits:
     idle: float = 10.0
     #: Seconds spent discarding an unread request body after answering, before closing.
     linger: float = 1.0
+
+    def handler_args(self) -> dict[str, Any]:
+        """These bounds as aiohttp's connection settings (`HANDLER_ARGS`, read by HttpRunner)."""
+        return {
+            "keepalive_timeout": self.idle,
+            "max_line_size": self.line,
+            "max_field_size": self.line,
+            "max_headers": self.headers,
+            "lingering_time": self.linger,
+        }
 
 
 def site_from_host(host: str | None) -> str | None:
@@ -210,11 +221,5 @@ def blockpage_app(
         return response
 
     app = web.Application(middlewares=[answer], client_max_size=limits.body)
-    app[HANDLER_ARGS] = {  # served by HttpRunner, which also answers what aiohttp cannot parse
-        "keepalive_timeout": limits.idle,
-        "max_line_size": limits.line,
-        "max_field_size": limits.line,
-        "max_headers": limits.headers,
-        "lingering_time": limits.linger,
-    }
+    app[HANDLER_ARGS] = limits.handler_args()  # served by HttpRunner, which also answers what aiohttp cannot parse
     return app
