@@ -49,7 +49,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from filterd.blocklists.parse import normalize_name
 from filterd.pipeline.ratelimit import TokenBuckets
-from filterd.tls.ca import BACKDATE, Authority, LocalCa, key_pem
+from filterd.tls.ca import BACKDATE, Authority, LocalCa, key_pem, key_usage
 
 #: The `result` label of filterd_blockpage_certificates_total.
 MINTED = "minted"  # a new leaf (first use of the name, or a renewal)
@@ -116,17 +116,7 @@ def mint_leaf(
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            key_usage(signs_certificates=False),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
