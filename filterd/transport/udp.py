@@ -12,19 +12,22 @@ from filterd.transport.handler import QueryHandler
 log = logging.getLogger(__name__)
 
 
-class UdpServer(asyncio.DatagramProtocol):
+class UdpDispatch:
+    """What both UDP servers do with a datagram: the PROXY header (if on), the handler, then the reply at once or
+    from a bounded task. `dest` is where `_send` sends the reply: the client's address, or for the wildcard
+    server the address with the control message that picks the source."""
+
     def __init__(self, handler: QueryHandler, max_inflight: int = 2048) -> None:
         self.handler = handler
         self.max_inflight = max_inflight
-        self.transport: asyncio.DatagramTransport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.overloaded = 0
         self.proxy = handler.metrics.proxy  # dns.proxy_protocol (one gate per server, configured on reload)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def received(self, data: bytes, addr: tuple[Any, ...], dest: Any = None) -> None:
+        """A datagram from `addr`; its reply goes to `dest` (None: to `addr`)."""
+        if dest is None:
+            dest = addr
         client = addr[0]
         logged = True
         proxy = self.proxy
@@ -37,24 +40,38 @@ class UdpServer(asyncio.DatagramProtocol):
         if result is None:
             return
         if isinstance(result, bytes):
-            self._send(result, addr)
+            self._send(result, dest)
             return
         if len(self.tasks) >= self.max_inflight:
             self.overloaded += 1
             result.close()  # type: ignore[attr-defined]
             return
-        task = asyncio.ensure_future(self._finish(result, addr))
+        task = asyncio.ensure_future(self._finish(result, dest))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _finish(self, pending: Any, addr: tuple[Any, ...]) -> None:
+    async def _finish(self, pending: Any, dest: Any) -> None:
         reply = await pending
         if reply is not None:
-            self._send(reply, addr)
+            self._send(reply, dest)
 
-    def _send(self, reply: bytes, addr: tuple[Any, ...]) -> None:
+    def _send(self, reply: bytes, dest: Any) -> None:
+        raise NotImplementedError
+
+
+class UdpServer(UdpDispatch, asyncio.DatagramProtocol):
+    def __init__(self, handler: QueryHandler, max_inflight: int = 2048) -> None:
+        super().__init__(handler, max_inflight)
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
+
+    datagram_received = UdpDispatch.received  # (the hot path: no call in between)
+
+    def _send(self, reply: bytes, dest: tuple[Any, ...]) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+            self.transport.sendto(reply, dest)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp: %s", exc)  # e.g. ICMP port unreachable from a client that went away

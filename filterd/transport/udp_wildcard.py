@@ -18,6 +18,7 @@ import struct
 from typing import Any
 
 from filterd.transport.handler import QueryHandler
+from filterd.transport.udp import UdpDispatch
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,12 @@ def reply_control(ancdata: list[tuple[int, int, bytes]]) -> list[tuple[int, int,
     return []
 
 
-class WildcardUdpServer:
+class WildcardUdpServer(UdpDispatch):
     """One wildcard UDP socket served with destination-address replies."""
 
     def __init__(self, sock: socket.socket, handler: QueryHandler, max_inflight: int = 2048) -> None:
+        super().__init__(handler, max_inflight)
         self.sock = sock
-        self.handler = handler
-        self.max_inflight = max_inflight
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.overloaded = 0
-        self.proxy = handler.metrics.proxy  # dns.proxy_protocol (one gate per server, configured on reload)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -87,39 +84,12 @@ class WildcardUdpServer:
             except OSError as exc:  # e.g. ICMP errors queued on the socket
                 log.debug("udp: %s", exc)
                 continue
-            self._datagram(data, reply_control(ancdata), addr)
+            self.received(data, addr, (reply_control(ancdata), addr))
 
-    def _datagram(self, data: bytes, control: list[tuple[int, int, bytes]], addr: tuple[Any, ...]) -> None:
-        client = addr[0]
-        logged = True
-        proxy = self.proxy
-        if proxy.active:  # as UdpServer: the PROXY v2 header names the client
-            unwrapped = proxy.unwrap(data, client)
-            if unwrapped is None:
-                return
-            data, client, logged = unwrapped
-        result = self.handler.handle(data, client, "udp", logged)
-        if result is None:
-            return
-        if isinstance(result, bytes):
-            self._send(result, control, addr)
-            return
-        if len(self.tasks) >= self.max_inflight:
-            self.overloaded += 1
-            result.close()  # type: ignore[attr-defined]
-            return
-        task = asyncio.ensure_future(self._finish(result, control, addr))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _finish(self, pending: Any, control: list[tuple[int, int, bytes]], addr: tuple[Any, ...]) -> None:
-        reply = await pending
-        if reply is not None:
-            self._send(reply, control, addr)
-
-    def _send(self, reply: bytes, control: list[tuple[int, int, bytes]], addr: tuple[Any, ...]) -> None:
+    def _send(self, reply: bytes, dest: tuple[list[tuple[int, int, bytes]], tuple[Any, ...]]) -> None:
         if self._closed:
             return
+        control, addr = dest
         try:
             self.sock.sendmsg([reply], control, 0, addr)
         except (BlockingIOError, InterruptedError):
