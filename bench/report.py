@@ -206,6 +206,20 @@ def render(r: dict[str, Any]) -> str:
         else:
             out.append(f"| reload peak <= {TARGET_RELOAD_PEAK}x steady RSS | n/a ({rl.get('why', 'not run')}) | - |")
 
+    rows = fd.get("querylog_rows")
+    if rows:
+        out.append("")
+        if "error" in rows:
+            out.append(f"filterd's query log: its counts could not be read ({rows['error']}).")
+        else:
+            written, dropped, failed = (int(rows.get(k, 0)) for k in ("written", "dropped", "failed"))
+            total = written + dropped + failed or 1
+            out.append(
+                f"filterd's query log ({s.get('querylog', '?')}), over all the runs: {written:,} "
+                f"answers written ({100 * written / total:.0f}%), {dropped:,} dropped while every core was busy "
+                f"(its queue was full), {failed:,} failed."
+            )
+
     errors = r.get("errors", [])
     if flags or errors:
         out.append("")

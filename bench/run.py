@@ -39,6 +39,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,8 @@ class Ctx:
     python: str
     filterd_cmd: list[str]
     upstream_port: int = 0
+    #: filterd's metrics port (with the list and the query log on): where its log's row counts are read
+    metrics_port: int = 0
     running: list[Proc] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -410,6 +413,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def querylog_rows(port: int) -> dict[str, float]:
+    """filterd_querylog_rows_total by result (written, dropped, failed), after the log's next write."""
+    time.sleep(2.5)  # (the log writes once a second; the writer runs when a core is idle)
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return {"error": str(exc)}  # type: ignore[dict-item]
+    found = re.findall(r'^filterd_querylog_rows_total\{result="(\w+)"\} (\S+)$', text, re.M)
+    return {result: float(value) for result, value in found}
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -438,6 +453,9 @@ def filterd_config(ctx: Ctx, port: int, with_list: bool, state: Path) -> Path:
         f'admin:\n  listen: "{HOST}:{free_port()}"\n'
     )
     text += f"querylog: {{privacy: {ctx.args.querylog}}}\n"  # the query log, as production runs it (or off)
+    if with_list and ctx.args.querylog != "off":  # (read once, after the runs: what the log kept and dropped)
+        ctx.metrics_port = free_port()
+        text += f'metrics:\n  listen: "{HOST}:{ctx.metrics_port}"\n'
     if ctx.args.groups:  # two client groups, the benchmark's client in the second: every query is a group's
         only = "[bench]" if with_list else "[]"
         text += (
@@ -880,6 +898,7 @@ def main(argv: list[str] | None = None) -> int:
             "lat_seconds": a.lat_seconds,
             "lat_rate": a.lat_rate,
             "tput_args": " ".join(TPUT_ARGS),
+            "querylog": a.querylog,
         },
         "servers": {},
         "runs": [],
@@ -943,6 +962,8 @@ def main(argv: list[str] | None = None) -> int:
         phase("queries")
         for name, proc in running.items():
             results["servers"][name]["mem_after"] = memory(proc.pid)
+        if "filterd" in running and ctx.metrics_port:
+            results["servers"]["filterd"]["querylog_rows"] = querylog_rows(ctx.metrics_port)
         for name, proc in running.items():
             info = results["servers"][name]
             info["reload"] = measure_reload(ctx, proc, info["load_s"])

@@ -35,15 +35,25 @@ import sqlite3
 import struct
 import sys
 from collections import Counter
+from collections.abc import Callable
+from itertools import chain, compress, repeat
+from operator import itemgetter, truediv
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS queries (
-    time REAL NOT NULL, client TEXT NOT NULL, grp TEXT NOT NULL, name TEXT NOT NULL, qtype TEXT NOT NULL,
-    decision TEXT NOT NULL, list TEXT NOT NULL, category TEXT NOT NULL, ms REAL NOT NULL, n INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS kinds (
+    id INTEGER PRIMARY KEY, grp TEXT NOT NULL, qtype TEXT NOT NULL, decision TEXT NOT NULL, list TEXT NOT NULL,
+    category TEXT NOT NULL, UNIQUE (grp, qtype, decision, list, category)
 );
-CREATE INDEX IF NOT EXISTS queries_time ON queries (time);  -- the only index: each costs every write
+CREATE TABLE IF NOT EXISTS answers (
+    time REAL NOT NULL, client TEXT NOT NULL, kind INTEGER NOT NULL REFERENCES kinds (id), name TEXT NOT NULL,
+    ms REAL NOT NULL, n INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS answers_time ON answers (time);  -- the only index: each costs every write
+CREATE VIEW IF NOT EXISTS queries AS
+    SELECT a.time, a.client, k.grp, a.name, k.qtype, k.decision, k.list, k.category, a.ms, a.n
+    FROM answers a JOIN kinds k ON k.id = a.kind;
 CREATE TABLE IF NOT EXISTS devices (
     client TEXT PRIMARY KEY, mac TEXT NOT NULL, device TEXT NOT NULL, seen REAL NOT NULL
 );
@@ -53,9 +63,22 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time);
 """
+#: A log written before `kinds` (one wide `queries` table, now the view's name): its rows move, once.
+MIGRATE = (
+    "ALTER TABLE queries RENAME TO queries_v1",
+    "DROP INDEX IF EXISTS queries_time",
+    *filter(str.strip, SCHEMA.split(";")),
+    "INSERT OR IGNORE INTO kinds (grp, qtype, decision, list, category) "
+    "SELECT DISTINCT grp, qtype, decision, list, category FROM queries_v1",
+    "INSERT INTO answers SELECT q.time, q.client, k.id, q.name, q.ms, q.n "
+    "FROM queries_v1 q JOIN kinds k USING (grp, qtype, decision, list, category) ORDER BY q.time",
+    "DROP TABLE queries_v1",
+)
 FRAME = struct.Struct("!I")
-#: Rows written per statement: 5,000 parameters, well under SQLite's limit (32,766).
-CHUNK = 500
+#: Rows written per statement: 4,800 parameters, well under SQLite's limit (32,766).
+CHUNK = 800
+#: The columns of `answers`, as the INSERT binds them
+WIDTH = 6
 JSONL_KEYS = ("time", "client", "group", "name", "qtype", "decision", "list", "category", "ms", "count")
 Row = tuple[Any, ...]
 
@@ -77,16 +100,32 @@ def frame(message: Any) -> bytes:
     return FRAME.pack(len(body)) + body
 
 
-def rows_of(keys: list[Any], times: list[float], ms: list[float]) -> list[Row]:
-    """One row per distinct key, in the order first seen: (time first seen, client, group, name, qtype,
-    decision, list, category, mean ms, count). Counting and first times run in C (Counter, dict)."""
+class Batch(NamedTuple):
+    """An interval's answers counted: one entry per distinct key (client, tail), in the order first seen, with
+    its first time, mean answer time and count. Made by C code only (Counter, dict, map): no Python per row."""
+
+    keys: list[Any]
+    first: list[float]
+    ms: list[float]
+    n: list[int]
+
+
+def batch_of(keys: list[Any], times: list[float], ms: list[float]) -> Batch:
     counts = Counter(keys)
     first = dict(zip(reversed(keys), reversed(times), strict=True))  # the earliest time is set last
     total: dict[Any, float] = {}
-    for key, m in zip(keys, ms, strict=True):
-        if m:
-            total[key] = total.get(key, 0.0) + m
-    return [(first[key], key[0], *key[1], total.get(key, 0.0) / n, n) for key, n in counts.items()]
+    for key, m in compress(zip(keys, ms, strict=True), ms):  # (only forwarded answers have an answer time)
+        total[key] = total.get(key, 0.0) + m
+    distinct = list(counts)
+    n = list(counts.values())
+    mean = list(map(truediv, map(total.get, distinct, repeat(0.0)), n)) if total else [0.0] * len(n)
+    return Batch(distinct, list(map(first.__getitem__, distinct)), mean, n)
+
+
+def rows_of(b: Batch) -> list[Row]:
+    """The batch as rows: (time first seen, client, group, name, qtype, decision, list, category, mean ms,
+    count), one per distinct key in the order first seen (the JSONL sink's records)."""
+    return [(t, key[0], *key[1], m, n) for key, t, m, n in zip(b.keys, b.first, b.ms, b.n, strict=True)]
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -98,8 +137,23 @@ def connect(path: Path) -> sqlite3.Connection:
             os.chmod(path, 0o600)  # who asked what is personal data: the service user only
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(SCHEMA)
+    old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queries'").fetchone()
+    db.execute("BEGIN")  # (SQLite's schema changes are transactional: a migration is whole or not at all)
+    for statement in MIGRATE if old else filter(str.strip, SCHEMA.split(";")):
+        db.execute(statement)
+    db.execute("COMMIT")
     return db
+
+
+class _Kinds(dict[tuple[str, ...], int]):
+    """(group, qtype, decision, list, category) -> its id in `kinds`; a new one is added by `add`."""
+
+    def __init__(self, add: Callable[[tuple[str, ...]], int]) -> None:
+        super().__init__()
+        self.add = add
+
+    def __missing__(self, kind: tuple[str, ...]) -> int:
+        return self.add(kind)
 
 
 class Writer:
@@ -115,6 +169,8 @@ class Writer:
         self.jsonl = ""
         #: client -> (mac, device) as last written (for the JSONL sink's rows)
         self.devices: dict[str, tuple[str, str]] = {}
+        #: (group, qtype, decision, list, category) -> its id in `kinds`, as this connection knows them
+        self.kinds = _Kinds(self._kind)
 
     def _db(self) -> sqlite3.Connection:
         if self.db is None:
@@ -126,6 +182,28 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 self.db.close()  # (rolls back what it had begun)
         self.db = None
+        self.kinds = _Kinds(self._kind)  # (the kinds added by a transaction that did not end are not in the database)
+
+    def _kind(self, kind: tuple[str, ...]) -> int:
+        """The id of a kind of answer, added to `kinds` if new (within the open transaction)."""
+        db = self._db()
+        db.execute("INSERT OR IGNORE INTO kinds (grp, qtype, decision, list, category) VALUES (?,?,?,?,?)", kind)
+        (found,) = db.execute(
+            "SELECT id FROM kinds WHERE grp = ? AND qtype = ? AND decision = ? AND list = ? AND category = ?", kind
+        ).fetchone()
+        self.kinds[kind] = found
+        return int(found)
+
+    def _insert(self, db: sqlite3.Connection, batch: Batch) -> None:
+        """The batch's rows into `answers`, CHUNK rows a statement, the parameters flattened by C code."""
+        tails = list(map(itemgetter(1), batch.keys))
+        kind_ids = map(self.kinds.__getitem__, map(_KIND, tails))  # (a new kind: `_Kinds.__missing__`)
+        clients, names = map(itemgetter(0), batch.keys), map(itemgetter(1), tails)
+        params = list(chain.from_iterable(zip(batch.first, clients, kind_ids, names, batch.ms, batch.n, strict=True)))
+        step = CHUNK * WIDTH
+        for start in range(0, len(params), step):
+            chunk = params[start : start + step]
+            db.execute(_insert_many(len(chunk) // WIDTH), chunk)
 
     def page(self, keys: list[Any], times: list[float], ms: list[float], jsonl: str) -> None:
         self.keys.extend(keys)
@@ -137,13 +215,11 @@ class Writer:
         keys, times, ms, jsonl = self.keys, self.times, self.ms, self.jsonl
         self.keys, self.times, self.ms, self.jsonl = [], [], [], ""
         queries = len(keys)
-        rows = rows_of(keys, times, ms) if keys else []
+        batch = batch_of(keys, times, ms)
         try:
             db = self._db()
             db.execute("BEGIN")
-            for start in range(0, len(rows), CHUNK):
-                chunk = rows[start : start + CHUNK]
-                db.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
+            self._insert(db, batch)
             if devices:
                 db.executemany("INSERT OR REPLACE INTO devices VALUES (?,?,?,?)", devices)
             db.execute("COMMIT")
@@ -152,11 +228,12 @@ class Writer:
             return ("error", queries, str(exc))
         for client, mac, device, _ in devices:
             self.devices[client] = (mac, device)
+        rows = len(batch.n)
         if jsonl and rows:
-            problem = self._jsonl(Path(jsonl), rows)
+            problem = self._jsonl(Path(jsonl), rows_of(batch))
             if problem:
-                return ("ok", len(rows), queries, problem)
-        return ("ok", len(rows), queries)
+                return ("ok", rows, queries, problem)
+        return ("ok", rows, queries)
 
     def _jsonl(self, path: Path, rows: list[Row]) -> str:
         try:
@@ -184,15 +261,15 @@ class Writer:
 
     def prune(self, cutoff: float) -> tuple[Any, ...]:
         return self._change(
-            ("DELETE FROM queries WHERE time < ?", (cutoff,)),
+            ("DELETE FROM answers WHERE time < ?", (cutoff,)),
             ("DELETE FROM alerts WHERE time < ?", (cutoff,)),
-            ("DELETE FROM devices WHERE client NOT IN (SELECT DISTINCT client FROM queries)", ()),
+            ("DELETE FROM devices WHERE client NOT IN (SELECT DISTINCT client FROM answers)", ()),
         )
 
     def delete(self, client: str) -> tuple[Any, ...]:
         self.devices.pop(client, None)
         return self._change(
-            ("DELETE FROM queries WHERE client = ?", (client,)),
+            ("DELETE FROM answers WHERE client = ?", (client,)),
             ("DELETE FROM alerts WHERE client = ?", (client,)),
             ("DELETE FROM devices WHERE client = ?", (client,)),
         )
@@ -217,23 +294,35 @@ class Writer:
         return ("error", 0, f"unknown request {op!r}")
 
 
+#: A tail's kind: (group, qtype, decision, list, category)
+_KIND = itemgetter(0, 2, 3, 4, 5)
 _INSERTS: dict[int, str] = {}
 
 
 def _insert_many(rows: int) -> str:
-    """`INSERT INTO queries VALUES (...), (...), ...` for `rows` rows (memoised): one statement for many rows."""
+    """`INSERT INTO answers VALUES (...), (...), ...` for `rows` rows (memoised): one statement for many rows."""
     sql = _INSERTS.get(rows)
     if sql is None:
-        sql = _INSERTS[rows] = "INSERT INTO queries VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * rows)
+        sql = _INSERTS[rows] = "INSERT INTO answers VALUES " + ",".join(["(?,?,?,?,?,?)"] * rows)
     return sql
+
+
+def idle() -> None:
+    """Run only on a core that would otherwise be idle (Linux's SCHED_IDLE; elsewhere the lowest nice): the
+    answers come first. A flood that keeps every core busy holds the rows back; what no longer fits the server's
+    bounded queue is dropped and counted (filterd_querylog_rows_total{result="dropped"})."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m filterd.querylog.writer DATABASE", file=sys.stderr)
         return 2
-    with contextlib.suppress(OSError):
-        os.nice(10)  # the server's answers come first; the rows wait a little when the cores are busy
+    idle()
     writer = Writer(Path(argv[0]))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:

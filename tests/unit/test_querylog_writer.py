@@ -12,7 +12,7 @@ import pytest
 
 from filterd.querylog.record import Privacy
 from filterd.querylog.store import PAGE, QueryLog
-from filterd.querylog.writer import rows_of
+from filterd.querylog.writer import batch_of, rows_of
 
 BLOCK = ("kids", "omegle.com", "A", "blocked", "chat-roulette", "chat-roulette-video")
 FORWARD = ("kids", "example.org", "AAAA", "forwarded", "", "")
@@ -20,7 +20,7 @@ FORWARD = ("kids", "example.org", "AAAA", "forwarded", "", "")
 
 def test_rows_count_repeats_keep_the_first_time_and_average_the_answer_time() -> None:
     keys = [("10.0.0.2", BLOCK), ("10.0.0.3", BLOCK), ("10.0.0.2", BLOCK), ("10.0.0.2", FORWARD), ("10.0.0.2", FORWARD)]
-    rows = rows_of(keys, [5.0, 6.0, 7.0, 8.0, 9.0], [0.0, 0.0, 0.0, 10.0, 30.0])
+    rows = rows_of(batch_of(keys, [5.0, 6.0, 7.0, 8.0, 9.0], [0.0, 0.0, 0.0, 10.0, 30.0]))
     assert rows == [
         (5.0, "10.0.0.2", *BLOCK, 0.0, 2),
         (6.0, "10.0.0.3", *BLOCK, 0.0, 1),
@@ -120,5 +120,40 @@ def test_privacy_is_applied_before_anything_leaves_the_query_path(tmp_path: Path
             assert [row[3] for row in stored] == ["blocked"]
         else:
             assert [row[1] for row in stored] == [log.client_key("10.0.0.2")] * 2
+    finally:
+        log.stop()
+
+
+def test_a_log_of_the_wide_table_moves_to_the_new_tables_once(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    with sqlite3.connect(path) as db:  # the layout before `kinds`: one wide table, as the last release wrote it
+        db.executescript(
+            "CREATE TABLE queries (time REAL NOT NULL, client TEXT NOT NULL, grp TEXT NOT NULL, name TEXT NOT NULL,"
+            " qtype TEXT NOT NULL, decision TEXT NOT NULL, list TEXT NOT NULL, category TEXT NOT NULL,"
+            " ms REAL NOT NULL, n INTEGER NOT NULL);"
+            "CREATE INDEX queries_time ON queries (time);"
+        )
+        db.execute(
+            "INSERT INTO queries VALUES (50.0, '10.0.0.9', 'kids', 'omegle.com', 'A', 'blocked',"
+            " 'chat-roulette', 'chat-roulette-video', 0.0, 3)"
+        )
+    db.close()
+    log = QueryLog(path)
+    try:
+        log.log("10.0.0.2", BLOCK, 100.0)
+        log.log("10.0.0.2", FORWARD, 101.0, 12.5)
+        assert log.flush() == 2
+        assert _stored(path) == [
+            (50.0, "10.0.0.9", "omegle.com", "blocked", 3),
+            (100.0, "10.0.0.2", "omegle.com", "blocked", 1),
+            (101.0, "10.0.0.2", "example.org", "forwarded", 1),
+        ]
+        with sqlite3.connect(path) as db:
+            kinds = db.execute("SELECT count(*) FROM kinds").fetchone()[0]
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        db.close()
+        assert kinds == 2  # the old row's kind and the blocked row share one; the forwarded one is the second
+        assert "queries_v1" not in tables and "answers" in tables
+        assert [r.ms for r in log.rows(since=0)] == [12.5, 0.0, 0.0]
     finally:
         log.stop()
