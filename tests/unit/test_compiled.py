@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filterd.blocklists.builtin import builtin_path
-from filterd.blocklists.compiled import CompiledMatcher, CompileError, ListFile, compile_lists
+from filterd.blocklists.compiled import SPILL, CompiledMatcher, CompileError, ListFile, compile_lists
 from filterd.blocklists.matcher import ListSource, Matcher
 from filterd.blocklists.parse import parse_list
 
@@ -178,3 +179,51 @@ def test_an_isolated_compile_reports_an_unreadable_list(tmp_path: Path) -> None:
 
     with pytest.raises(CompileError, match="No such file"):
         compile_and_open([ListFile("a", "a", tmp_path / "missing.txt")], tmp_path / "s", isolated=True)
+
+
+def test_the_table_is_ordered_and_finds_every_name_and_no_other(tmp_path: Path) -> None:
+    """20,000 names at a load of 0.7: every run of used slots is in hash order (what lets a lookup stop early),
+    the runs that reach the end spill into the spare slots instead of wrapping, the last slot stays empty, and
+    every name is found while 20,000 others are not."""
+    listed = [f"n{i}.example" for i in range(20_000)]
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(listed) + "\n")
+    out = tmp_path / "s.bin"
+    compile_lists([ListFile("many", "cat", path, "domains", False)], out)
+    compiled = CompiledMatcher(out)
+    hashes = list(compiled._hashes)
+    assert compiled.slots == compiled.span + SPILL and hashes[-1] == 0
+    assert sum(1 for h in hashes if h) == 20_000
+    for previous, current in itertools.pairwise(hashes):
+        assert not (previous and current) or previous <= current
+    assert all(compiled.match(name) is not None for name in listed)
+    assert not any(compiled.match(f"m{i}.example") for i in range(20_000))
+    assert not any(compiled.match(f"x.n{i}.example") for i in range(2_000))  # not subtree entries
+
+
+def test_names_with_the_same_hash_in_several_lists_are_all_found(tmp_path: Path) -> None:
+    """The same name in two lists is two slots with one hash, side by side in the run; an exception in the
+    second list does not hide the first list's block, and a group with only the second list is not blocked."""
+    matcher, compiled = _both(
+        tmp_path,
+        [("one", "domains", "same.example\nother.example\n"), ("two", "adblock", "@@||same.example^\n")],
+    )
+    for qname in ("same.example", "x.same.example", "other.example"):
+        assert compiled.match(qname) == matcher.match(qname)
+    assert compiled.match("same.example", frozenset({"two"})) is None
+    found = compiled.match("same.example", frozenset({"one"}))
+    assert found is not None and found.list == "one"
+
+
+def test_a_snapshot_of_the_old_layout_is_compiled_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from filterd.blocklists.load import load_lists
+    from filterd.config.schema import ListConfig
+
+    (tmp_path / "a.txt").write_text("a.example\n")
+    snapshot = tmp_path / "lists.snapshot"
+    snapshot.write_bytes(b"FDSNAP1\x00" + bytes(16) + bytes(12 * 16) + b"{}")  # an older filterd's snapshot
+    with pytest.raises(CompileError, match="another version"):
+        CompiledMatcher(snapshot)
+    loaded = load_lists([ListConfig(name="a", path=tmp_path / "a.txt")], None, snapshot)
+    assert loaded.matcher.match("a.example") is not None
+    assert "compiling again" in caplog.text
