@@ -367,3 +367,35 @@ async def test_doh_streams_answer_out_of_order_and_bad_answers_fail(pki: Pki) ->
     finally:
         await client.close()
         await server.close()
+
+
+async def test_doh_acknowledges_received_data_in_bulk(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No WINDOW_UPDATE a reply: the streams' windows outlast any reply, and the connection's is topped up when half
+    used (here a 64 KiB window, used up many times over by 1,500 replies of about 60 bytes)."""
+    from filterd.config.upstream_url import parse_upstream_url
+    from filterd.upstreams import doh
+    from filterd.upstreams.tls import client_context
+
+    monkeypatch.setattr(doh, "CONNECTION_WINDOW", 1 << 16)
+    server = _DohServer(pki)
+    server.config.keep_alive_max_requests = 10_000  # (hypercorn's GOAWAY after 1,000 would open a new connection)
+    await server.start()
+
+    async def no_lookup(name: str) -> list[str]:
+        raise OSError("pinned: never looked up")
+
+    upstream = parse_upstream_url(f"https://dns.test:{server.port}/dns-query@127.0.0.1")
+    client = doh.DohUpstream(upstream, client_context(pki.ca, alpn=("h2",)), no_lookup)
+    label = "x" * 60  # answered after 5 ms
+    try:
+        for batch in range(15):
+            packets = [_question(f"{label}.n{batch}-{i}.example") for i in range(100)]
+            replies = await asyncio.gather(*(client.exchange(p, q, 5.0) for p, q in packets))
+            assert all(dns.message.from_wire(r).answer for r in replies)
+        session = client._session
+        assert session is not None and client.connects == 1 and server.requests == 1500
+        assert session.h2.local_settings.initial_window_size == doh.STREAM_WINDOW
+        assert session.h2.inbound_flow_control_window >= (1 << 15)
+    finally:
+        await client.close()
+        await server.close()
