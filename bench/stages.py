@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The cost of each step of a query, in process (no sockets): microseconds a query, best of 5 runs.
 
-    python3 bench/stages.py [--n 100000]
+    python3 bench/stages.py [--n 100000] [--names 200000]
 
 Builds the real stages (access, client with two groups, cache, policy with a 3-name list) around a resolver that
 answers every name, warms the answer cache and the packet cache, then times `QueryHandler.handle` for a blocked
 name and a cache hit with the packet cache on and off, and each step the slow path takes on its own
-(`wire.parse_query`, each stage's `answer_now`, the metrics count). docs/pipeline.md keeps the figures.
+(`wire.parse_query`, each stage's `answer_now`, the metrics count); and the compiled list store (the one a server
+maps) with `--names` of bench/gen.py's names, a listed and an unlisted name. docs/pipeline.md keeps the figures.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import itertools
+import random
 import sys
 import tempfile
 import timeit
@@ -21,10 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dns.message
+import gen
 from prometheus_client import CollectorRegistry
 
+from filterd.blocklists.compiled import CompiledMatcher, ListFile, compile_lists
 from filterd.blocklists.local import LocalLists
 from filterd.blocklists.matcher import ListSource, Matcher
 from filterd.blocklists.parse import parse_list
@@ -66,7 +72,9 @@ class Resolver:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100000, help="queries a timing run")
-    n = ap.parse_args().n
+    ap.add_argument("--names", type=int, default=200000, help="names in the compiled list (bench/gen.py's)")
+    args = ap.parse_args()
+    n, names = args.n, args.names
     tmp = Path(tempfile.mkdtemp())
     (tmp / "chat.txt").write_text("chat.example\nomegle.com\nchatroulette.com\n")
     config = parse_config(CONFIG, "s.yaml", base_dir=tmp)
@@ -135,10 +143,26 @@ def main() -> None:
         ("handle, cache hit, packet cache hit, query log on", lambda: logged.handle(hit, ip, "udp")),
         ("handle, blocked name, no packet cache, query log on", without_fast(blocked, logged)),
     ]
+    steps += compiled_steps(tmp, names)
     width = max(len(name) for name, _ in steps)
     for name, call in steps:
         best = min(timeit.repeat(call, number=n, repeat=5)) / n * 1e6
         print(f"{name:<{width}}  {best:6.2f} us")
+
+
+def compiled_steps(tmp: Path, count: int) -> list[tuple[str, Callable[[], object]]]:
+    """The compiled list store (`blocklists/compiled.py`) with bench/gen.py's names: a lookup of a listed name
+    and of a name under no listed one, each a different name every call (as file a's mostly new names are)."""
+    listed = gen.blocklist_names(random.Random(20261128), count)
+    (tmp / "big.txt").write_text("\n".join(listed) + "\n")
+    compile_lists([ListFile("big", "big", tmp / "big.txt", "domains")], tmp / "big.snapshot")
+    store = CompiledMatcher(tmp / "big.snapshot")
+    hits = itertools.cycle(listed)
+    misses = itertools.cycle([f"www.{name}x" for name in listed])
+    return [
+        (f"compiled store ({count:,} names): match, a listed name", lambda: store.match(next(hits))),
+        (f"compiled store ({count:,} names): match, an unlisted name", lambda: store.match(next(misses))),
+    ]
 
 
 async def _await(result: object) -> object:

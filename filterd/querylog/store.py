@@ -50,8 +50,10 @@ PIPE_SIZE = 1 << 20
 Tail = tuple[str, str, str, str, str, str]
 #: (time, client IP, group, name, qtype, decision, list, category, ms): one answered query, as tests hand it over
 Pending = tuple[float, str, str, str, str, str, str, str, float]
-#: The answers noted, in order: (client, tail), their times and their answer times in milliseconds
-Page = tuple[list[tuple[str, Tail]], list[float], list[float]]
+#: The answers noted, in order: their fields one after another (client and the tail's six: `writer.WIDTH` a
+#: row, in one flat list, so the query path keeps no tuple of its own per answer), their times, and their answer
+#: times in milliseconds
+Page = tuple[list[str], list[float], list[float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +149,15 @@ class QueryLog:
                 return
             if privacy is Privacy.HASH_CLIENTS:
                 client = self._pseudonym(client)
-        keys, times, ms_list = self._pending
-        if len(keys) >= PAGE:
+        fields, times, ms_list = self._pending
+        if len(times) >= PAGE:
             if (len(self._full) + 1) * PAGE >= self.max_queue:
                 self.stats.dropped += 1
                 return
             self._full.append(self._pending)
-            keys, times, ms_list = self._pending = ([], [], [])
-        keys.append((client, tail))
+            fields, times, ms_list = self._pending = ([], [], [])
+        fields.append(client)
+        fields.extend(tail)
         times.append(when)
         ms_list.append(ms)
         self._clients.add(client)
@@ -248,8 +251,8 @@ class QueryLog:
         watchdog.daemon = True
         watchdog.start()
         try:
-            for keys, times, ms in pages:
-                pipe.write(frame(("page", keys, times, ms, jsonl)))
+            for fields, times, ms in pages:
+                pipe.write(frame(("page", fields, times, ms, jsonl)))
                 time.sleep(0)  # hand the GIL back to the event loop between pages
             pipe.write(frame(message))
             pipe.flush()
@@ -272,11 +275,11 @@ class QueryLog:
             pages, self._full = self._full, []
             page, self._pending = self._pending, ([], [], [])  # the query path moves on to a new page
             clients, self._clients = self._clients, set()
-            if page[0]:
+            if page[1]:
                 pages.append(page)
             if not pages:
                 return 0
-            queries = sum(len(p[0]) for p in pages)
+            queries = sum(len(p[1]) for p in pages)
             devices = self._device_rows(clients, self.clock())
             try:
                 reply = self._ask(("commit", devices), pages)

@@ -10,8 +10,9 @@ page. It exits when the pipe closes: when the server stops, or dies.
 Requests and replies are frames: a 4-byte big-endian length, then a `marshal` payload (plain tuples, strings and
 numbers: nothing in it can run code). Requests:
 
-    ("page", keys, times, ms, jsonl) answers noted by the server: keys[i] = (client, (group, name, qtype,
-                                     decision, list, category)), at times[i], in ms[i] milliseconds; also to the
+    ("page", fields, times, ms, jsonl) answers noted by the server: fields holds WIDTH strings an answer, one
+                                     answer after another (client, group, name, qtype, decision, list,
+                                     category); answer i was at times[i], in ms[i] milliseconds; also to the
                                      JSONL file jsonl, if not "". No reply (the next "commit" says how they went)
     ("commit", devices)              write the pages since the last commit, one row per distinct key with its
                                      count, first time and mean answer time, and the changed devices rows
@@ -78,7 +79,9 @@ FRAME = struct.Struct("!I")
 #: Rows written per statement: 4,800 parameters, well under SQLite's limit (32,766).
 CHUNK = 800
 #: The columns of `answers`, as the INSERT binds them
-WIDTH = 6
+COLUMNS = 6
+#: The fields of one answer in a page: client, group, name, qtype, decision, list, category
+WIDTH = 7
 JSONL_KEYS = ("time", "client", "group", "name", "qtype", "decision", "list", "category", "ms", "count")
 Row = tuple[Any, ...]
 
@@ -100,8 +103,13 @@ def frame(message: Any) -> bytes:
     return FRAME.pack(len(body)) + body
 
 
+def keys_of(fields: list[str]) -> list[tuple[str, ...]]:
+    """A page's flat fields as one tuple an answer: (client, group, name, qtype, decision, list, category)."""
+    return list(zip(*[iter(fields)] * WIDTH, strict=True))
+
+
 class Batch(NamedTuple):
-    """An interval's answers counted: one entry per distinct key (client, tail), in the order first seen, with
+    """An interval's answers counted: one entry per distinct key (`keys_of`), in the order first seen, with
     its first time, mean answer time and count. Made by C code only (Counter, dict, map): no Python per row."""
 
     keys: list[Any]
@@ -125,7 +133,7 @@ def batch_of(keys: list[Any], times: list[float], ms: list[float]) -> Batch:
 def rows_of(b: Batch) -> list[Row]:
     """The batch as rows: (time first seen, client, group, name, qtype, decision, list, category, mean ms,
     count), one per distinct key in the order first seen (the JSONL sink's records)."""
-    return [(t, key[0], *key[1], m, n) for key, t, m, n in zip(b.keys, b.first, b.ms, b.n, strict=True)]
+    return [(t, *key, m, n) for key, t, m, n in zip(b.keys, b.first, b.ms, b.n, strict=True)]
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -162,7 +170,7 @@ class Writer:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db: sqlite3.Connection | None = None
-        #: the answers of the pages since the last commit, and the JSONL file they go to ("": none)
+        #: the answers of the pages since the last commit (`keys_of`), and the JSONL file they go to ("": none)
         self.keys: list[Any] = []
         self.times: list[float] = []
         self.ms: list[float] = []
@@ -196,17 +204,16 @@ class Writer:
 
     def _insert(self, db: sqlite3.Connection, batch: Batch) -> None:
         """The batch's rows into `answers`, CHUNK rows a statement, the parameters flattened by C code."""
-        tails = list(map(itemgetter(1), batch.keys))
-        kind_ids = map(self.kinds.__getitem__, map(_KIND, tails))  # (a new kind: `_Kinds.__missing__`)
-        clients, names = map(itemgetter(0), batch.keys), map(itemgetter(1), tails)
+        kind_ids = map(self.kinds.__getitem__, map(_KIND, batch.keys))  # (a new kind: `_Kinds.__missing__`)
+        clients, names = map(itemgetter(0), batch.keys), map(itemgetter(2), batch.keys)
         params = list(chain.from_iterable(zip(batch.first, clients, kind_ids, names, batch.ms, batch.n, strict=True)))
-        step = CHUNK * WIDTH
+        step = CHUNK * COLUMNS
         for start in range(0, len(params), step):
             chunk = params[start : start + step]
-            db.execute(_insert_many(len(chunk) // WIDTH), chunk)
+            db.execute(_insert_many(len(chunk) // COLUMNS), chunk)
 
-    def page(self, keys: list[Any], times: list[float], ms: list[float], jsonl: str) -> None:
-        self.keys.extend(keys)
+    def page(self, fields: list[str], times: list[float], ms: list[float], jsonl: str) -> None:
+        self.keys.extend(keys_of(fields))
         self.times.extend(times)
         self.ms.extend(ms)
         self.jsonl = jsonl
@@ -294,8 +301,8 @@ class Writer:
         return ("error", 0, f"unknown request {op!r}")
 
 
-#: A tail's kind: (group, qtype, decision, list, category)
-_KIND = itemgetter(0, 2, 3, 4, 5)
+#: An answer's kind: (group, qtype, decision, list, category)
+_KIND = itemgetter(1, 3, 4, 5, 6)
 _INSERTS: dict[int, str] = {}
 
 
@@ -308,14 +315,12 @@ def _insert_many(rows: int) -> str:
 
 
 def idle() -> None:
-    """Run only on a core that would otherwise be idle (Linux's SCHED_IDLE; elsewhere the lowest nice): the
-    answers come first. A flood that keeps every core busy holds the rows back; what no longer fits the server's
-    bounded queue is dropped and counted (filterd_querylog_rows_total{result="dropped"})."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        with contextlib.suppress(OSError):
-            os.nice(19)
+    """A lower CPU priority (nice 10): the answers come first when the cores are busy, and the rows follow a
+    little later. (SCHED_IDLE, which runs the writer only on an idle core, was measured too: under a flood that
+    keeps both cores of the test machine busy it fell behind and dropped a tenth of the rows, for no throughput
+    the benchmark could tell apart.)"""
+    with contextlib.suppress(OSError):
+        os.nice(10)
 
 
 def main(argv: list[str]) -> int:
