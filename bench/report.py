@@ -47,6 +47,17 @@ def _odd_rcodes(rcodes: str) -> list[str]:
     ]
 
 
+def list_cost(info: dict[str, Any]) -> float:
+    """A server's memory for its list: RSS with the list (1 s after load) minus RSS without, plus, for a mapped
+    table (filterd), the pages of it that the lookups made resident afterwards; for the others the larger of
+    "after load" and "after lookups". Not what the same lookups put in the caches: filterd's packet cache keeps
+    up to `cache.size` blocked replies, which is the cache's memory, not the list's (RSS after lookups shows both)."""
+    nolist, with_list = info["mem_nolist"]["rss"], info["mem_list"]["rss"]
+    if "mapped_list_touched" in info:
+        return float(with_list - nolist + max(info["mapped_list_touched"] - info.get("mapped_list", 0), 0))
+    return float(max(with_list, info.get("mem_list_touched", {}).get("rss", 0)) - nolist)
+
+
 def render(r: dict[str, Any]) -> str:
     servers: dict[str, Any] = r.get("servers", {})
     names = [n for n in ORDER if n in servers]
@@ -163,7 +174,7 @@ def render(r: dict[str, Any]) -> str:
         load += f" ({'; '.join(extra)})" if extra else ""
         cost = "-"
         if nolist and touched:
-            cost = f"{(max(touched['rss'], with_list['rss']) - nolist['rss']) / count:,.0f}"
+            cost = f"{list_cost(info) / count:,.0f}"
         rl = info.get("reload", {})
         if rl.get("status") == "ok":
             peak = f"{_mb(rl['peak']['rss'])} / {_mb(rl['peak']['pss'])}"
@@ -181,8 +192,7 @@ def render(r: dict[str, Any]) -> str:
 
     fd = servers.get("filterd", {})
     if fd.get("mem_list") and fd.get("mem_nolist"):
-        # The larger of "1 s after load" and "after lookups": a mapped table counts once it is touched.
-        above = max(fd["mem_list"]["rss"], fd.get("mem_list_touched", {}).get("rss", 0)) - fd["mem_nolist"]["rss"]
+        above = list_cost(fd)
         budget = TARGET_BYTES_PER_NAME * count
         rl = fd.get("reload", {})
         out.append("")

@@ -195,6 +195,23 @@ def catches(pid: int, sig: int) -> bool:
     return False
 
 
+def mapped_snapshot(pid: int) -> int:
+    """Resident bytes of filterd's mapped snapshot file(s) (/proc/PID/smaps): the list's table as lookups touched
+    it, without the caches the same lookups fill."""
+    total, inside = 0, False
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(maxsplit=1)[0]
+                if "-" in head and not head.endswith(":"):  # a mapping's first line: address range ... path
+                    inside = line.rstrip().endswith(".snapshot")
+                elif inside and head == "Rss:":
+                    total += int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return total
+
+
 def list_store(pid: int) -> str:
     """How filterd holds the list: a mapped snapshot file (filterd/blocklists/compiled.py) or Python objects."""
     try:
@@ -636,10 +653,12 @@ def measure_servers(ctx: Ctx, kinds: list[str]) -> dict[str, Proc]:
         ctx.halt(proc)
         proc, info["load_s"] = bring_up(ctx, kind, True, state)
         info["mem_list"] = settle_memory(proc)
+        info["mapped_list"] = mapped_snapshot(proc.pid)
         # A store that maps its table from a file is resident only where lookups touched it: blocked queries
         # from the whole list (file a: not cached by any of the servers) touch all of it.
         dnsperf(proc.port, ctx.data / "q-a.txt", ctx.args.touch_seconds, TPUT_ARGS)
         info["mem_list_touched"] = memory(proc.pid)
+        info["mapped_list_touched"] = mapped_snapshot(proc.pid)
         if kind == "filterd":
             info["store"] = list_store(proc.pid)
             # Again on the same state_dir: a store that keeps a compiled copy there starts faster the second time.
