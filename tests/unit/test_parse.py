@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterd.blocklists.parse import Entry, ParsedList, Skipped, detect_format, normalize_name, parse_list
+from filterd.blocklists.parse import (
+    Entry,
+    ParsedList,
+    Skipped,
+    _normalize,
+    detect_format,
+    normalize_name,
+    parse_list,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "domains-samples"
 _LONGEST = ".".join(["a" * 63] * 3 + ["a" * 61])
@@ -71,6 +79,20 @@ def triples(parsed: ParsedList) -> list[tuple[str, bool, bool]]:
 )
 def test_normalize_name(text: str, expected: str | None) -> None:
     assert normalize_name(text) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet="abcXYZ019_-. \tü", max_size=30),
+        st.lists(st.text(alphabet="az09-_", min_size=0, max_size=70), min_size=1, max_size=5).map(".".join),
+        st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", fullmatch=True),
+    )
+)
+def test_normalize_names_shortcut_agrees_with_the_long_way(text: str) -> None:
+    """The one-regex shortcut for names already in canonical form answers exactly as the full rules do: label and
+    name lengths, upper case, dots at the ends, spaces, addresses, non-ASCII."""
+    assert normalize_name(text) == _normalize(text)
 
 
 def test_normalize_name_is_idempotent_on_its_output() -> None:
