@@ -145,11 +145,15 @@ def connect(path: Path) -> sqlite3.Connection:
             os.chmod(path, 0o600)  # who asked what is personal data: the service user only
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queries'").fetchone()
-    db.execute("BEGIN")  # (SQLite's schema changes are transactional: a migration is whole or not at all)
-    for statement in MIGRATE if old else filter(str.strip, SCHEMA.split(";")):
-        db.execute(statement)
-    db.execute("COMMIT")
+    try:
+        old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queries'").fetchone()
+        db.execute("BEGIN")  # (SQLite's schema changes are transactional: a migration is whole or not at all)
+        for statement in MIGRATE if old else filter(str.strip, SCHEMA.split(";")):
+            db.execute(statement)
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        db.close()  # (rolls the migration back: the old table stays as it was, for the next try)
+        raise
     return db
 
 
