@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import struct
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,26 @@ def test_a_snapshot_of_the_old_layout_is_compiled_again(tmp_path: Path, caplog: 
     loaded = load_lists([ListConfig(name="a", path=tmp_path / "a.txt")], None, snapshot)
     assert loaded.matcher.match("a.example") is not None
     assert "compiling again" in caplog.text
+
+
+def test_a_snapshot_whose_probes_could_run_off_the_end_is_refused(tmp_path: Path) -> None:
+    """A damaged snapshot (its last slot used, or a span that does not fit its slots) is refused at load, so no
+    lookup can read past the table; filterd then compiles the lists again."""
+    good = tmp_path / "good.bin"
+    (tmp_path / "a.txt").write_text("a.example\n")
+    compile_lists([ListFile("a", "a", tmp_path / "a.txt", "domains")], good)
+    data = bytearray(good.read_bytes())
+    header = struct.Struct("<8sQQQ")
+    _, _, slots, _ = header.unpack_from(data)
+    last = header.size + (slots - 1) * 8
+    used = bytearray(data)
+    used[last : last + 8] = (12345).to_bytes(8, "little")
+    (tmp_path / "used.bin").write_bytes(used)
+    with pytest.raises(CompileError, match="last slot"):
+        CompiledMatcher(tmp_path / "used.bin")
+    wide = bytearray(data)
+    header.pack_into(wide, 0, b"FDSNAP2\x00", slots, slots, len(data) - header.size - slots * 12)
+    (tmp_path / "wide.bin").write_bytes(wide)
+    with pytest.raises(CompileError, match="span"):
+        CompiledMatcher(tmp_path / "wide.bin")
+    assert CompiledMatcher(good).match("a.example") is not None
