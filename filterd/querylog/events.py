@@ -20,9 +20,6 @@ _DECISION_TEXT: dict[Decision, str] = {
     d: d.value for d in Decision if d not in (Decision.RATELIMITED, Decision.DROPPED)
 }
 
-#: The decisions whose rows keep an answer time (they waited for an upstream)
-_TIMED = frozenset((Decision.FORWARDED, Decision.ERROR))
-
 
 class QueryEvents:
     def __init__(
@@ -49,9 +46,7 @@ class QueryEvents:
         querylog = self.querylog
         if querylog is not None:
             received = query.received
-            # (the answer time of what went upstream: the rest take microseconds, not worth a clock read)
-            timed = received and decision in _TIMED
-            ms = (time.perf_counter() - received) * 1000 if timed else 0.0
+            ms = (time.perf_counter() - received) * 1000 if received else 0.0
             querylog.log(query.client_ip, log_tail(group, query.question, answer), self.clock(), ms)
         if decision is Decision.BLOCKED and self.engine is not None:
             self._observe(query.client_ip, group, query.question.qname, answer)

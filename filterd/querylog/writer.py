@@ -122,7 +122,7 @@ def batch_of(keys: list[Any], times: list[float], ms: list[float]) -> Batch:
     counts = Counter(keys)
     first = dict(zip(reversed(keys), reversed(times), strict=True))  # the earliest time is set last
     total: dict[Any, float] = {}
-    for key, m in compress(zip(keys, ms, strict=True), ms):  # (only forwarded answers have an answer time)
+    for key, m in compress(zip(keys, ms, strict=True), ms):  # (only answers that waited for an upstream have one)
         total[key] = total.get(key, 0.0) + m
     distinct = list(counts)
     n = list(counts.values())
