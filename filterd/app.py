@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -75,16 +75,6 @@ from filterd.querylog.suggest import suggest as suggest_names
 from filterd.safeguarding.engine import Alert, AlertEngine
 from filterd.safeguarding.notify import Notifier, compose
 from filterd.sinkhole import BlockedReplies
-from filterd.tls import ca as tls_ca
-from filterd.tls.leaves import Certificates
-from filterd.transport.certs import (
-    CertificateError,
-    LocalCaCertificates,
-    ServedCertificates,
-    ServerCertificates,
-    certificate_names,
-)
-from filterd.transport.encrypted import EncryptedListeners
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
 from filterd.transport.udp import UdpServer
@@ -95,9 +85,14 @@ from filterd.web.admin import AdminRequestError, admin_app
 from filterd.web.blockpage import blockpage_app
 from filterd.web.console import Console
 from filterd.web.dashboard import devices_by_group
-from filterd.web.https import HttpsListener
 from filterd.web.metrics import metrics_app
 from filterd.web.runner import HttpRunner
+
+if TYPE_CHECKING:  # (cryptography and hypercorn cost 12 MB and 0.1 s to import: only when DoT/DoH or HTTPS is on)
+    from filterd.tls.leaves import Certificates
+    from filterd.transport.certs import LocalCaCertificates, ServedCertificates
+    from filterd.transport.encrypted import EncryptedListeners
+    from filterd.web.https import HttpsListener
 
 log = logging.getLogger(__name__)
 
@@ -908,6 +903,10 @@ class App:
         if not dns.tls_listen and not dns.https_listen:
             return
         assert tls is not None  # the loader requires it with either listener
+        from filterd.tls import ca as tls_ca  # (cryptography and hypercorn: imported only when configured)
+        from filterd.transport.certs import CertificateError, LocalCaCertificates, ServerCertificates
+        from filterd.transport.encrypted import EncryptedListeners
+
         certificates: ServedCertificates
         try:
             if tls.local_ca:
@@ -958,6 +957,9 @@ class App:
         listeners = self.encrypted_listeners
         if listeners is None or config.tls is None:
             return
+        from filterd.tls import ca as tls_ca
+        from filterd.transport.certs import CertificateError, LocalCaCertificates
+
         certificates = listeners.certificates
         if isinstance(certificates, LocalCaCertificates) != config.tls.local_ca:
             return  # said by _needs_restart
@@ -983,6 +985,8 @@ class App:
     async def _renew_tls(self, certificates: LocalCaCertificates) -> None:
         """Every `tls_check_interval`: the local CA's certificate made again when it is due (it ends within two days,
         or a rotation's switch date has passed); no restart, no reload needed."""
+        from filterd.transport.certs import CertificateError
+
         while True:
             await asyncio.sleep(self.tls_check_interval)
             try:
@@ -1024,6 +1028,10 @@ class App:
     async def _listen_https(self, page: BlockpageConfig, https: BlockpageHttpsConfig) -> None:
         """The block page over HTTPS: a certificate per blocked name (for this client, who must be served at all),
         signed by the local CA in `<state_dir>/ca/`; without that CA, filterd does not start (`filterd ca init`)."""
+        from filterd.tls import ca as tls_ca  # (cryptography: imported only when configured)
+        from filterd.tls.leaves import Certificates
+        from filterd.web.https import HttpsListener
+
         try:
             authority = await asyncio.to_thread(tls_ca.load, tls_ca.ca_dir(self.config.state_dir))
         except tls_ca.CaError as exc:
@@ -1061,6 +1069,8 @@ class App:
         """A reload re-reads the local CA: `filterd ca rotate` takes effect without a restart."""
         if self.certificates is None:
             return
+        from filterd.tls import ca as tls_ca
+
         try:
             authority = await asyncio.to_thread(tls_ca.load, tls_ca.ca_dir(self.config.state_dir))
         except tls_ca.CaError as exc:
@@ -1246,6 +1256,8 @@ def _offline_ddr(config: Config) -> DdrStage | None:
     elif config.tls.cert is None:
         return None
     else:
+        from filterd.transport.certs import certificate_names
+
         try:
             names = certificate_names(config.tls.cert)[0]
         except (OSError, ValueError):

@@ -25,7 +25,6 @@ from filterd.app import App, offline_check
 from filterd.config.load import load_config, load_embedded
 from filterd.config.schema import Config
 from filterd.errors import ConfigError, FilterdError
-from filterd.tls import ca as tls_ca
 
 log = logging.getLogger("filterd")
 
@@ -385,10 +384,14 @@ def cmd_lists_suggest(args: argparse.Namespace) -> int:
 
 
 def _ca_folder(args: argparse.Namespace) -> Path:
+    from filterd.tls import ca as tls_ca  # (cryptography: only for these commands)
+
     return tls_ca.ca_dir(load(args.config).state_dir)
 
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
+    from filterd.tls import ca as tls_ca
+
     folder = _ca_folder(args)
     ca = tls_ca.init(folder, args.name or tls_ca.default_name(), datetime.datetime.now(datetime.UTC))
     print(f"created the local CA in {folder} (key: ca.key, mode 0600)")
@@ -401,6 +404,8 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_export(args: argparse.Namespace) -> int:
+    from filterd.tls import ca as tls_ca
+
     ca = tls_ca.load(_ca_folder(args)).newest
     if args.der:
         sys.stdout.buffer.write(ca.der)
@@ -410,6 +415,8 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_rotate(args: argparse.Namespace) -> int:
+    from filterd.tls import ca as tls_ca
+
     now = datetime.datetime.now(datetime.UTC)
     switch = now + datetime.timedelta(days=tls_ca.ROTATE_DAYS)
     if args.until:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filterd.config.schema import EncryptedUpstream, Endpoint
-from filterd.upstreams.doh import DohUpstream
 from filterd.upstreams.dot import DotUpstream
 from filterd.upstreams.errors import UpstreamError
 from filterd.upstreams.kept import IDLE_TIMEOUT, AddressLookup
 from filterd.upstreams.tls import client_context
+
+if TYPE_CHECKING:
+    from filterd.upstreams.doh import DohUpstream
 
 
 class EncryptedUpstreams:
@@ -32,6 +35,8 @@ class EncryptedUpstreams:
             if upstream.scheme == "tls":
                 self.clients[upstream] = DotUpstream(upstream, dot_context, lookup, idle_timeout)
             else:
+                from filterd.upstreams.doh import DohUpstream  # (h2: imported only when a DoH upstream is set)
+
                 self.clients[upstream] = DohUpstream(upstream, doh_context, lookup, idle_timeout)
 
     def __bool__(self) -> bool:
