@@ -30,13 +30,11 @@ FORMATS: tuple[str, ...] = ("hosts", "domains", "adblock")
 """The list formats parse_list understands (plus "auto", which picks one of these)."""
 
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-."
-#: Labels of [a-z0-9_-] joined by single dots: one C call instead of several checks (the loop runs per line).
-_VALID_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*").fullmatch
-#: A name `normalize_name` would return as it is (labels of 1-63 of these, not ending in a digit: never an address)
+#: Labels of 1-63 of [a-z0-9_-] joined by single dots: one C call instead of several checks (the loop runs per
+#: line); a name it matches that does not end in a digit (never an address) is canonical as it is.
 _CANONICAL = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*").fullmatch
 _IPV4_CHARS = "0123456789."
 _MAX_NAME = 253
-_MAX_LABEL = 63
 _DETECT_SAMPLE = 200
 _REASON_TEXT_MAX = 80
 
@@ -123,9 +121,7 @@ def _normalize(text: str) -> str | None:
     if name.endswith("."):
         name = name[:-1]
     name = name.lower()
-    if not name or len(name) > _MAX_NAME or _VALID_NAME(name) is None:
-        return None
-    if len(name) > _MAX_LABEL and max(map(len, name.split("."))) > _MAX_LABEL:
+    if not name or len(name) > _MAX_NAME or _CANONICAL(name) is None:
         return None
     if name[-1].isdigit() and not name.strip(_IPV4_CHARS) and _is_ip(name):
         return None
