@@ -64,11 +64,13 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time);
 """
+#: SCHEMA's statements, one at a time (inside a transaction: `executescript` would commit first)
+STATEMENTS = tuple(filter(str.strip, SCHEMA.split(";")))
 #: A log written before `kinds` (one wide `queries` table, now the view's name): its rows move, once.
 MIGRATE = (
     "ALTER TABLE queries RENAME TO queries_v1",
     "DROP INDEX IF EXISTS queries_time",
-    *filter(str.strip, SCHEMA.split(";")),
+    *STATEMENTS,
     "INSERT OR IGNORE INTO kinds (grp, qtype, decision, list, category) "
     "SELECT DISTINCT grp, qtype, decision, list, category FROM queries_v1",
     "INSERT INTO answers SELECT q.time, q.client, k.id, q.name, q.ms, q.n "
@@ -148,7 +150,7 @@ def connect(path: Path) -> sqlite3.Connection:
     try:
         old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queries'").fetchone()
         db.execute("BEGIN")  # (SQLite's schema changes are transactional: a migration is whole or not at all)
-        for statement in MIGRATE if old else filter(str.strip, SCHEMA.split(";")):
+        for statement in MIGRATE if old else STATEMENTS:
             db.execute(statement)
         db.execute("COMMIT")
     except sqlite3.Error:
