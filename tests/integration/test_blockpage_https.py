@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import gc
 import json
 import logging
 import socket
@@ -400,11 +399,6 @@ def test_a_flood_of_new_blocked_names_does_not_stall_dns(server: RunningFilterd)
     quick, because the leaves are minted in a worker thread, not in the SNI callback. Measured on the shared
     2-core test machine, the slowest answer: 110 to 210 ms with minting on the event loop, 9 to 42 ms with the
     worker (most of that is the machine, busy with the flood's own clients); the bound is between the two."""
-    # The server runs in this test process, whose heap holds what every earlier test left (hundreds of MB in the
-    # whole suite): a full collection of it stalled the loop 0.3 s. `filterd serve` freezes what it built at start
-    # (cli.py); so does this test, so it measures the server, not pytest's heap.
-    gc.collect()
-    gc.freeze()
     probe = subprocess.Popen([sys.executable, "-c", PROBE, str(server.port), "3"], stdout=subprocess.PIPE, text=True)
     try:
         assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
@@ -418,7 +412,6 @@ def test_a_flood_of_new_blocked_names_does_not_stall_dns(server: RunningFilterd)
         out, _ = probe.communicate(timeout=30)
     finally:
         probe.kill()
-        gc.unfreeze()
     measured = json.loads(out)
     latencies = sorted(measured["latencies"])
     print(
