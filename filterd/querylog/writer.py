@@ -320,20 +320,12 @@ def _insert_many(rows: int) -> str:
     return sql
 
 
-def idle() -> None:
-    """A lower CPU priority (nice 10): the answers come first when the cores are busy, and the rows follow a
-    little later. (SCHED_IDLE, which runs the writer only on an idle core, was measured too: under a flood that
-    keeps both cores of the test machine busy it fell behind and dropped a tenth of the rows, for no throughput
-    the benchmark could tell apart.)"""
-    with contextlib.suppress(OSError):
-        os.nice(10)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m filterd.querylog.writer DATABASE", file=sys.stderr)
         return 2
-    idle()
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the server's answers come first; the rows wait a little when the cores are busy
     writer = Writer(Path(argv[0]))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
