@@ -128,6 +128,11 @@ class PacketCache:
             elif isinstance(stage, ClientStage) and stage.groups:
                 self.client = stage
         self._prefix: dict[int, bytes] = {}
+        #: The keys of blocked answers given once lately (at most `size`, then forgotten together): a blocked reply
+        #: is kept at its second answer, so a name asked once (most of a file of new names, every name of a
+        #: random-subdomain flood) costs a set insert instead of an entry, and never pushes out replies that
+        #: are asked again.
+        self.once: set[bytes] = set()
         self.hits = 0
         #: Set by `lookup` when it keyed the query but had no answer: (key, question end), for `store`.
         self.missed: tuple[bytes, int] | None = None
@@ -202,22 +207,29 @@ class PacketCache:
         if keyed is None or self.generation != self.cache.generation:
             return
         key, qend = keyed
+        decision = answer.decision
+        if decision is Decision.BLOCKED:
+            once = self.once
+            if key not in once:  # its first time: remembered, kept the next time
+                if len(once) >= self.size:
+                    once.clear()
+                once.add(key)
+                return
+            once.discard(key)
+        elif decision is not Decision.CACHED or answer.response is not None:
+            return  # (a cached answer with its response is stale: RFC 8767's rules, only when the upstreams fail)
         q = query.question
         reply = answer.wire
         if len(reply) > q.max_udp or qend != q.end or len(reply) < qend:
             return  # cut to TC=1 for this client; or a question this key does not describe (never, in practice)
         entry = Entry(reply[2:12], reply[qend:], qend, q, answer, query.group)
-        if answer.decision is Decision.CACHED:
-            if answer.response is not None:
-                return  # stale (served by RFC 8767's rules only when the upstreams fail): never from here
+        if decision is Decision.CACHED:
             found = self.cache.get(cache_key(q, query.group))
             if found is None:
                 return
             entry.cached = found[0]
             entry.offsets, entry.ttls = self._ttls(found[0].response, qend)
             entry.refresh(found[1])  # (the slow path rendered it a moment ago, perhaps in the second before)
-        elif answer.decision is not Decision.BLOCKED:
-            return
         if len(self.entries) >= self.size:
             self.entries.popitem(last=False)
         self.entries[key] = entry

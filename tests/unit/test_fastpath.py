@@ -188,9 +188,28 @@ async def test_a_hit_has_the_clients_id_and_question_case(server: Server) -> Non
     assert server.hits() == 1
     assert reply.id == 0xBEEF and reply.question[0].name.to_text() == "wWw.ExAmPlE.cOm."
     blocked_first = await server.ask("x.chat.example", qid=7)
+    await server.ask("x.chat.example", qid=8)  # a blocked name is kept at its second answer
     again = await server.ask("X.CHAT.example", qid=8)
     assert server.hits() == 2 and again.id == 8 and again.question[0].name.to_text() == "X.CHAT.example."
     assert again.to_wire()[2:12] == blocked_first.to_wire()[2:12] and blocked(again)
+    assert server.upstream.asked == ["www.example.com"]
+
+
+async def test_a_blocked_name_is_kept_at_its_second_answer_so_a_flood_of_new_names_evicts_nothing(
+    tmp_path: Path,
+) -> None:
+    server = Server(tmp_path)
+    server.fast.size = 4
+    for _ in range(3):
+        await server.ask("www.example.com")  # forwarded, cached, then kept
+        await server.ask("x.chat.example")  # blocked, blocked and kept, then a hit
+    assert server.hits() == 2 and len(server.fast.entries) == 2
+    for i in range(20):  # a random-subdomain flood: each name once
+        reply = await server.ask(f"r{i}.chat.example")
+        assert blocked(reply) and reply.id == 4660
+    assert len(server.fast.entries) == 2 and len(server.fast.once) <= 4  # (the seen keys are bounded too)
+    assert not blocked(await server.ask("www.example.com")) and blocked(await server.ask("x.chat.example"))
+    assert server.hits() == 4
     assert server.upstream.asked == ["www.example.com"]
 
 
@@ -200,6 +219,7 @@ async def test_a_cached_answer_is_not_served_once_the_name_is_blocked(server: Se
     assert not blocked(await server.ask("video.example.org")) and server.hits() == 1
     server.local.block("example.org")  # `filterd block example.org`: the admin path calls policy.changed()
     server.policy.changed()
+    assert blocked(await server.ask("video.example.org"))
     assert blocked(await server.ask("video.example.org"))
     assert blocked(await server.ask("video.example.org")) and server.hits() == 2  # now the block is the hit
 
@@ -229,7 +249,7 @@ async def test_groups_get_their_own_answers(server: Server) -> None:
         assert not blocked(await server.ask("x.chat.example", client="127.0.0.3"))
         assert blocked(await server.ask("games.example", client="127.0.0.2"))
         assert not blocked(await server.ask("games.example", client="127.0.0.3"))
-    assert server.hits() == 4 + 2  # blocked: the 2nd and 3rd; forwarded, cached, then from the packet cache
+    assert server.hits() == 2 + 2  # blocked: the 3rd (kept at the 2nd); forwarded, cached, then from here
     assert server.counted("blocked", "children") == 6 and server.counted("cached", "adults") == 4
     assert server.counted("forwarded", "adults") == 2
 
@@ -259,7 +279,7 @@ async def test_metrics_count_every_hit(server: Server) -> None:
         await server.ask("x.chat.example")
     assert server.counted("forwarded") == 1 and server.counted("cached") == 2
     assert server.counted("blocked") == 3
-    assert server.cache.hits == 2 and server.fast.hits == 1 + 2  # one cache hit and two blocked from the bytes
+    assert server.cache.hits == 2 and server.fast.hits == 1 + 1  # one cache hit and the third block from the bytes
 
 
 async def test_outsiders_and_odd_packets_take_the_slow_path(server: Server) -> None:
@@ -308,7 +328,7 @@ async def test_the_limiter_runs_before_a_hit(tmp_path: Path) -> None:
         else:
             outcomes.append("answer")
     assert outcomes == ["answer"] * 3 + ["dropped", "slip"] * 2 + ["dropped"]
-    assert server.hits() == 2
+    assert server.hits() == 1  # the third answer (a blocked reply is kept at its second)
     server.clock.now += 1.0  # one token back: one more answer, from the cache
     assert await server.ask_raw(_wire("x.chat.example"), client="127.0.0.9") is not None
-    assert server.hits() == 3
+    assert server.hits() == 2
