@@ -32,9 +32,15 @@ class BlockedReplies:
         # the answers never change: made once (the hot path of a blocked A query is then one build_reply)
         self._a = (wire.rr(wire.NAME_PTR, wire.T_A, self.ttl, self._v4),)
         self._aaaa = (wire.rr(wire.NAME_PTR, wire.T_AAAA, self.ttl, self._v6),)
+        #: The Extended DNS Error of each list's blocks (a few lists: made once each).
+        self._ede: dict[str, tuple[int, str]] = {}
 
     def reply(self, q: wire.Question, entry: str, list_name: str) -> bytes:
-        ede = (wire.EDE_BLOCKED, f"filterd: {list_name}")
+        ede = self._ede.get(list_name)
+        if ede is None:
+            if len(self._ede) >= 1024:  # (list names are few; group and schedule names too: never reached)
+                self._ede.clear()
+            ede = self._ede[list_name] = (wire.EDE_BLOCKED, f"filterd: {list_name}")
         if self.mode is BlockingMode.REFUSED:
             return wire.build_reply(q, wire.REFUSED, ede=ede)
         if self.mode is not BlockingMode.NXDOMAIN and q.qclass == wire.C_IN:

@@ -428,6 +428,10 @@ class CompiledMatcher:
         self._categories: list[str] = meta["categories"]
         self._section_lines = [[line for line, _ in sec] for sec in meta["sections"]]
         self._section_cats = [[cat for _, cat in sec] for sec in meta["sections"]]
+        #: A list with one category (the usual: no `# category:` sections) needs no search by line.
+        self._one_category = [
+            str(self._categories[cats[0]]) if len(set(cats)) == 1 else None for cats in self._section_cats
+        ]
         rules = RuleSet(
             (index, Rule(kind, text, subtree, exception, category, line))
             for index, kind, text, subtree, exception, category, line in meta.get("rules", ())
@@ -543,6 +547,9 @@ class CompiledMatcher:
         return found, excepted
 
     def _category(self, list_index: int, line: int) -> str:
+        only = self._one_category[list_index]
+        if only is not None:
+            return only
         lines = self._section_lines[list_index]
         at = max(bisect.bisect_right(lines, line) - 1, 0)
         return str(self._categories[self._section_cats[list_index][at]])

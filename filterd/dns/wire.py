@@ -7,6 +7,7 @@ raises anything but `WireError` on hostile input.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import NamedTuple
 
@@ -42,6 +43,7 @@ EDE_NETWORK_ERROR = 23
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _H = struct.Struct("!H")
+_HH = struct.Struct("!HH")
 #: Compression pointers followed in one name, at most (dnspython's limit: a reply we relay must parse there too).
 _MAX_POINTERS = 16
 
@@ -86,6 +88,11 @@ class Question(NamedTuple):
         return min(max(self.edns.udp_size, 512), EDNS_UDP_SIZE)
 
 
+#: A name that is its own text: printable ASCII without a space or a backslash (the dots checked apart: a label
+#: may hold one, and then it must be escaped); the empty root too.
+_PLAIN_TEXT = re.compile(rb"[!-\[\]-~]*")
+
+
 def name_text(labels: list[bytes]) -> str:
     """A name as filterd's text: lower-case, dot-separated, no trailing dot ("" for the root).
 
@@ -93,10 +100,8 @@ def name_text(labels: list[bytes]) -> str:
     label, a control or non-ASCII byte) has every byte outside letters, digits, `-` and `_` written `\\DDD`
     (RFC 1035 5.1). The text is unambiguous and `encode_name` is its exact inverse."""
     joined = b".".join(labels)
-    if joined.isascii() and joined.count(b".") == len(labels) - 1 and b"\\" not in joined:
-        text = joined.decode("ascii").lower()
-        if text.isprintable() and " " not in text:
-            return text
+    if _PLAIN_TEXT.fullmatch(joined) and joined.count(b".") == len(labels) - 1:
+        return joined.decode("ascii").lower()
     return ".".join("".join(_escape(b) for b in label.lower()) for label in labels)
 
 
@@ -154,24 +159,22 @@ def read_question_name(data: bytes, offset: int) -> tuple[list[bytes], int]:
     at the name itself or forward (RFC 1035 4.1.4: to a prior occurrence), and bytes holding one could not be
     echoed in a reply or forwarded as they are."""
     labels: list[bytes] = []
-    total = 0
+    start = offset
+    size = len(data)
     while True:
-        if offset >= len(data):
+        if offset >= size:
             raise WireError(FORMERR, "name runs past the end of the packet")
         length = data[offset]
         if length == 0:
             return labels, offset + 1
-        if length & 0xC0 == 0xC0:
-            raise WireError(FORMERR, "compressed question name")
-        if length & 0xC0:
-            raise WireError(FORMERR, "unknown label type")
-        if offset + 1 + length > len(data):
-            raise WireError(FORMERR, "label runs past the end of the packet")
-        total += length + 1
-        if total > 254:
-            raise WireError(FORMERR, "name longer than 255 bytes")
-        labels.append(data[offset + 1 : offset + 1 + length])
+        if length > 63:
+            raise WireError(FORMERR, "compressed question name" if length >= 0xC0 else "unknown label type")
         offset += 1 + length
+        if offset > size:
+            raise WireError(FORMERR, "label runs past the end of the packet")
+        if offset - start > 254:
+            raise WireError(FORMERR, "name longer than 255 bytes")
+        labels.append(data[offset - length : offset])
 
 
 def _skip_rr(data: bytes, offset: int) -> int:
@@ -199,7 +202,7 @@ def parse_query(data: bytes) -> Question:
     labels, offset = read_question_name(data, 12)
     if offset + 4 > len(data):
         raise WireError(FORMERR, "question runs past the end of the packet")
-    qtype, qclass = struct.unpack_from("!HH", data, offset)
+    qtype, qclass = _HH.unpack_from(data, offset)
     end = offset + 4
     edns = None
     if arcount:

@@ -49,12 +49,21 @@ def test_parse_edns() -> None:
         (make()[:20], wire.FORMERR, "past the end"),
         (make()[:12] + b"\xc0\x0c\x00\x01\x00\x01", wire.FORMERR, "compressed question"),
         (make()[:12] + b"\x40abc\x00\x00\x01\x00\x01", wire.FORMERR, "unknown label type"),
+        (make()[:12] + b"\x05abc\x00\x00\x01\x00\x01", wire.FORMERR, "label runs past the end"),
+        # labels of 63 + 63 + 63 + 63 + 3 bytes, each with its length byte: 256 bytes before the root
+        (make()[:12] + (b"\x3f" + b"a" * 63) * 4 + b"\x03abc\x00\x00\x01\x00\x01", wire.FORMERR, "longer than 255"),
     ],
 )
 def test_bad_packets(packet: bytes, rcode: int | None, reason: str) -> None:
     with pytest.raises(wire.WireError) as info:
         wire.parse_query(packet)
     assert info.value.rcode == rcode and reason in info.value.reason
+
+
+def test_the_longest_name_is_read() -> None:
+    name = ".".join(["a" * 63] * 3 + ["b" * 61])  # 255 bytes in wire format, the root included
+    q = wire.parse_query(dns.message.make_query(name, "A").to_wire())
+    assert q.qname == name and len(q.question) == 255 + 4
 
 
 def test_badvers_keeps_the_question() -> None:
