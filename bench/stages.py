@@ -115,8 +115,13 @@ def main() -> None:
 
         return call
 
+    # names under a listed one, each new to the packet cache (100,000 in turn: ten times what it remembers)
+    new_names = itertools.cycle(
+        [dns.message.make_query(f"n{i}.omegle.com", "A", use_edns=0).to_wire() for i in range(100000)]
+    )
     steps: list[tuple[str, Callable[[], object]]] = [
         ("handle, blocked name, packet cache hit", lambda: handler.handle(blocked, ip, "udp")),
+        ("handle, a new blocked name each query", lambda: handler.handle(next(new_names), ip, "udp")),
         ("handle, cache hit, packet cache hit", lambda: handler.handle(hit, ip, "udp")),
         ("handle, blocked name, no packet cache", without_fast(blocked)),
         ("handle, cache hit, no packet cache", without_fast(hit)),
