@@ -465,18 +465,13 @@ class CompiledMatcher:
         span = self.span
         hits: list[tuple[str, bool, int]] | None = None
         memo = self._parents
+        if not qname.isascii():  # (never a query's name: its text escapes every other byte; the block page's Host)
+            qname = qname.encode("ascii", "replace").decode()  # as the compiler reads it: no name listed matches
         name = qname
         exact = True
+        # the query name itself is mostly new, not worth keeping (ASCII: its UTF-8 is the compiler's bytes)
+        h = _from_bytes(_blake2b(name.encode(), digest_size=8).digest(), "little") or 1
         while True:
-            # a parent is the same few (com, net, a popular site) again and again: remembered; the query name
-            # itself is mostly new, not worth keeping
-            h = 0 if exact else memo.get(name, 0)
-            if not h:
-                h = _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
-                if not exact:
-                    if len(memo) >= _PARENTS_MEMO:
-                        memo.clear()
-                    memo[name] = h
             i = (h * span) >> 64
             stored = hashes[i]
             while 0 < stored < h:  # (the run is in hash order: a larger hash or an empty slot ends the search)
@@ -493,6 +488,13 @@ class CompiledMatcher:
                 break
             name = name[dot + 1 :]
             exact = False
+            # a parent is the same few (com, net, a popular site) again and again: remembered
+            h = memo.get(name, 0)
+            if not h:
+                h = _from_bytes(_blake2b(name.encode(), digest_size=8).digest(), "little") or 1
+                if len(memo) >= _PARENTS_MEMO:
+                    memo.clear()
+                memo[name] = h
         allowed = None if lists is None else self._indexes(lists)
         if hits is None:
             if self.rules is None:

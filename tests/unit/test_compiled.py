@@ -56,6 +56,9 @@ QUERIES = [
     "nothing.example",
     "example",
     "",
+    "b\u00fc.ads.example",  # not a query's text (that escapes such bytes), but the block page may ask
+    "b\udcff.ads.example",  # a byte a Host header could not decode
+    "\u00fc.example",
 ]
 
 
