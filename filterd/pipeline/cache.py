@@ -63,7 +63,7 @@ class DnsCache:
         self.clock = clock
         self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
         #: questions whose upstreams all answered SERVFAIL, until when (RFC 9520: briefly, here 5 s)
-        self.failures: OrderedDict[CacheKey, float] = OrderedDict()
+        self._failures: OrderedDict[CacheKey, float] = OrderedDict()
         self.hits = 0
         self.misses = 0
         #: Bumped by clear(): a query that started before the lists changed must not fill the new cache.
@@ -77,23 +77,23 @@ class DnsCache:
         """Forget everything; an answer still on its way from before the clear is not stored either."""
         self.generation += 1
         self._entries.clear()
-        self.failures.clear()
+        self._failures.clear()
 
     def failed(self, key: CacheKey) -> None:
         """Remember that resolving this question failed with SERVFAIL, for at most 5 seconds."""
         if self.size <= 0:
             return
-        self.failures[key] = self.clock() + min(SERVFAIL_TTL, self.max_ttl)
-        self.failures.move_to_end(key)
-        while len(self.failures) > max(self.size // 10, 16):
-            self.failures.popitem(last=False)
+        self._failures[key] = self.clock() + min(SERVFAIL_TTL, self.max_ttl)
+        self._failures.move_to_end(key)
+        while len(self._failures) > max(self.size // 10, 16):
+            self._failures.popitem(last=False)
 
     def recently_failed(self, key: CacheKey) -> bool:
-        until = self.failures.get(key)
+        until = self._failures.get(key)
         if until is None:
             return False
         if self.clock() >= until:
-            del self.failures[key]
+            del self._failures[key]
             return False
         return True
 
@@ -138,7 +138,7 @@ class CacheStage(PassThrough):
         key = cache_key(query.question, query.group)
         found = cache.get(key)
         if found is None:
-            if cache.failures and cache.recently_failed(key):
+            if cache.recently_failed(key):
                 cache.hits += 1
                 return self._failure(query, key)
             return None  # (a miss is counted in handle: a blocked name is not a cache miss)

@@ -107,8 +107,8 @@ class LocalStage(PassThrough):
             return Answer(wire.build_reply(q, answers=answers), Decision.LOCAL, "dns.records")
         if name == "localhost" or name.endswith(".localhost"):
             return self._localhost(query)
-        if not name or (self.forward_zones and covering(name, self.forward_zones) is not None):
-            return None  # (the root; a forwarded zone: `_forwarded`, inline on the hot path)
+        if not name or self._forwarded(name):
+            return None
         zone = self._never_leaked(name)
         if zone is not None:
             owner = _ZONE_OWNERS[zone]
