@@ -87,6 +87,8 @@ from filterd.web.console import Console
 from filterd.web.dashboard import devices_by_group
 from filterd.web.metrics import metrics_app
 from filterd.web.runner import HttpRunner
+from filterd.workers.merge import Exported
+from filterd.workers.pool import Row, Serve, WorkerError, WorkerPool, worker_config
 
 if TYPE_CHECKING:  # (cryptography and hypercorn cost 12 MB and 0.1 s to import: only when DoT/DoH or HTTPS is on)
     from filterd.tls.leaves import Certificates
@@ -208,6 +210,13 @@ class App:
         #: How often that task looks (seconds); a renewal is due two days before the end, so hourly is plenty.
         self.tls_check_interval = tls_check_interval
         self.ddr = DdrStage()
+        #: `dns.workers` above 1: the other processes answering DNS (started last, stopped first), and the DNS
+        #: sockets bound with SO_REUSEPORT so they can share them. A worker's own App joins the main one's.
+        self.workers: WorkerPool | None = None
+        self.reuse_port = config.dns.workers > 1
+        self.join_port = False
+        #: The query log and the alerts (also told of the workers' answers).
+        self._events: QueryEvents | None = None
 
     def build_pipeline(
         self,
@@ -224,6 +233,7 @@ class App:
         self.policy = PolicyStage(lists.matcher, AllowList(cfg.allow), BlockedReplies(cfg.blocking), self.local_lists)
         self.cache = cache or DnsCache(cfg.cache.size, cfg.cache.min_ttl, cfg.cache.max_ttl, cfg.cache.stale_max)
         self.policy.on_change.append(self.cache.clear)
+        self.policy.on_change.append(self._sync_workers)  # the workers' lists and local entries too
         self.metrics.watch_cache(self.cache)
         self.local_stage = LocalStage(dict(cfg.dns.records), forward_zones=zones)
         self.groups = build_groups(cfg.groups, cfg.schedules)
@@ -313,7 +323,7 @@ class App:
             await self._listen_encrypted(handler)
             if self.config.metrics is not None:
                 self.listening.metrics = await self._listen_http(
-                    self.config.metrics.listen, metrics_app(self.registry), "metrics"
+                    self.config.metrics.listen, metrics_app(self.registry, self._worker_samples), "metrics"
                 )
             if self.config.blockpage is not None:
                 # After the pipeline: the page asks the policy's decision; outsiders learn nothing, as on DNS (the
@@ -331,6 +341,8 @@ class App:
                 self.listening.admin = await self._listen_http(
                     self.config.admin.listen, admin_app(self, token, self.client_events, pages=console.routes), "admin"
                 )
+            if self.config.dns.workers > 1 and self.listening.dns:
+                await self._start_workers()
         except BaseException:
             await self.stop()
             raise
@@ -406,6 +418,7 @@ class App:
                 listen=old.dns.listen,
                 tls_listen=old.dns.tls_listen,
                 https_listen=old.dns.https_listen,
+                workers=old.dns.workers,
             ),
             metrics=old.metrics,
             blockpage=old.blockpage,
@@ -426,6 +439,7 @@ class App:
         self._count_reload(ok=True)
         await self._reload_ca()
         seconds = time.monotonic() - started
+        self._sync_workers()
         log.info("reload: done in %.2fs; %s", seconds, done)
         return {"ok": True, "seconds": round(seconds, 3), "lists": lists.entries, "problems": lists.problems}
 
@@ -505,6 +519,7 @@ class App:
                 ("dns.listen", old.dns.listen, new.dns.listen),
                 ("dns.tls_listen", old.dns.tls_listen, new.dns.tls_listen),
                 ("dns.https_listen", old.dns.https_listen, new.dns.https_listen),
+                ("dns.workers", old.dns.workers, new.dns.workers),
                 ("metrics", old.metrics, new.metrics),
                 ("blockpage", old.blockpage, new.blockpage),
                 ("admin", old.admin, new.admin),
@@ -556,7 +571,7 @@ class App:
             self.querylog = None
         self.alert_engine = AlertEngine(cfg.safeguarding, clock=self.clock) if cfg.safeguarding.alerts else None
         self.notifier = Notifier(cfg.safeguarding.notify, self._count_alert)
-        events = QueryEvents(self.querylog, self.alert_engine, self._alerts, clock=self.clock)
+        events = self._events = QueryEvents(self.querylog, self.alert_engine, self._alerts, clock=self.clock)
         if self.handler is not None:
             self.handler.events = events if events.enabled else None
 
@@ -694,6 +709,7 @@ class App:
             "started": self.started,
             "dns": [str(ep) for ep in self.listening.dns],
             "upstreams": [str(ep) for ep in self.upstreams],
+            "workers": [os.getpid(), *self.workers.pids] if self.workers is not None else [os.getpid()],
         }
 
     def list_files(self) -> dict[str, Path]:
@@ -859,7 +875,7 @@ class App:
         tcp = TcpServer(handler, self.tcp_limits)
         for attempt in range(20):
             try:
-                udp_sock = bind_socket(endpoint.host, endpoint.port, socket.SOCK_DGRAM)
+                udp_sock = bind_socket(endpoint.host, endpoint.port, socket.SOCK_DGRAM, **self._sharing())
             except OSError as exc:
                 if endpoint.host == "::1" and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                     # Only the IPv6 loopback: a LAN address that is missing is a mistake to report, not skip.
@@ -868,7 +884,7 @@ class App:
                 raise StartupError(_bind_error("dns (udp)", endpoint, exc)) from None
             port = udp_sock.getsockname()[1]
             try:
-                tcp_sock = bind_socket(endpoint.host, port, socket.SOCK_STREAM)
+                tcp_sock = bind_socket(endpoint.host, port, socket.SOCK_STREAM, **self._sharing())
             except OSError as exc:
                 udp_sock.close()
                 if endpoint.port == 0 and exc.errno == errno.EADDRINUSE and attempt < 19:
@@ -894,6 +910,54 @@ class App:
             log.info("dns: listening on %s (udp, tcp)", bound)
             _warn_if_not_local("dns", endpoint.host)
             return
+
+    def _sharing(self) -> dict[str, bool]:
+        return {"reuse_port": self.reuse_port, "join": self.join_port}
+
+    # --- dns.workers: more processes answering DNS (filterd/workers/) ------------------------------------------
+
+    async def _start_workers(self) -> None:
+        verbose = logging.getLogger("filterd").isEnabledFor(logging.DEBUG)
+        self.workers = WorkerPool(self.config.dns.workers, self._serve_state, self._worker_rows, self.metrics,
+                                  verbose=verbose)  # fmt: skip
+        try:
+            await self.workers.start()
+        except WorkerError as exc:
+            raise StartupError(str(exc)) from None
+        log.info("dns: %d processes answer DNS (dns.workers), pids %s", self.config.dns.workers,
+                 ", ".join(map(str, [os.getpid(), *self.workers.pids])))  # fmt: skip
+
+    def _serve_state(self) -> Serve:
+        """What the workers serve: this process's config, upstreams, snapshot and local entries, as of now."""
+        assert self.lists is not None
+        matcher = self.policy.matcher if self.policy is not None else self.lists.matcher
+        assert isinstance(matcher, CompiledMatcher)
+        ddr = self.ddr.designation
+        names = self.encrypted_listeners.certificates.names if self.encrypted_listeners is not None else ()
+        return Serve(
+            config=worker_config(self.config, self.listening.dns),
+            upstreams=self.upstreams,
+            snapshot=str(matcher.path),
+            fingerprint=matcher.fingerprint,
+            blocked=frozenset(self.local_lists.blocked),
+            allowed=frozenset(self.local_lists.allowed),
+            events=self._events is not None and self._events.enabled,
+            ddr=(ddr, tuple(names)) if ddr is not None else None,
+        )
+
+    def _sync_workers(self) -> None:
+        if self.workers is not None:
+            self.workers.sync()
+
+    def _worker_rows(self, rows: list[Row], dropped: int) -> None:
+        events = self._events
+        if events is not None:
+            events.replay(rows)
+        if dropped and self.querylog is not None:
+            self.querylog.stats.dropped += dropped
+
+    async def _worker_samples(self) -> list[list[Exported]]:
+        return await self.workers.samples() if self.workers is not None else []
 
     async def _listen_encrypted(self, handler: QueryHandler) -> None:
         """DoT and DoH (`transport/encrypted.py`), with the `tls` files' certificate, or one the local CA makes (and
@@ -1116,6 +1180,9 @@ class App:
                 )
 
     async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
+            self.workers = None
         if self.refresher is not None:
             await self.refresher.stop()
             self.refresher = None
@@ -1341,13 +1408,30 @@ def _make_private(path: Path, fd: int) -> None:
     log.warning("admin.token_file %s had mode %04o: other users could read the admin token; set it to 0600", path, mode)
 
 
-def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
-    """A bound (and, for TCP, listening) non-blocking socket; OSError keeps its errno for the message."""
+def bind_socket(
+    host: str, port: int, kind: socket.SocketKind, *, reuse_port: bool = False, join: bool = False
+) -> socket.socket:
+    """A bound (and, for TCP, listening) non-blocking socket; OSError keeps its errno for the message.
+
+    `reuse_port` (dns.workers): SO_REUSEPORT, so the workers' sockets share the address and the kernel spreads
+    clients over them. Only sockets of the same user with the option set can share it, and so that a second filterd
+    (or an old one still running) is refused as ever rather than silently sharing the port, the main process first
+    binds without the option (`join` False): EADDRINUSE if anything holds the address. A worker joins (`join`)."""
+    if reuse_port and not join:
+        probe = _bind(host, port, kind, reuse_port=False, probe=True)
+        port = probe.getsockname()[1]  # (port 0: the one the kernel chose, free of any other socket)
+        probe.close()
+    return _bind(host, port, kind, reuse_port=reuse_port)
+
+
+def _bind(host: str, port: int, kind: socket.SocketKind, *, reuse_port: bool, probe: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if _FREEBIND and not ipaddress.ip_address(host).is_loopback:
@@ -1355,10 +1439,10 @@ def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
             # is up. Loopback is always there, and there a missing address should fail (IPv6 off is skipped).
             with contextlib.suppress(OSError):  # kernels before 4.15 have no IPV6_FREEBIND
                 sock.setsockopt(*_FREEBIND[family], 1)
-        if kind == socket.SOCK_DGRAM:
+        if kind == socket.SOCK_DGRAM and not probe:
             udp_buffer(sock)
         sock.bind((host, port))
-        if kind == socket.SOCK_STREAM:
+        if kind == socket.SOCK_STREAM and not probe:
             sock.listen(128)
         sock.setblocking(False)
     except OSError:

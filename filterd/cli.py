@@ -178,14 +178,7 @@ async def serve(config: Config) -> None:
     if stop.is_set():
         await app.stop()
         return
-    # Everything built at start (config, lists, pipeline) lives until the end: out of the collector's way, so a full
-    # collection walks only what queries allocate (fewer and shorter pauses of the loop; docs/pipeline.md).
-    gc.collect()
-    gc.freeze()
-    # A young-generation collection walks every object still alive in it (the queries in flight: their tasks,
-    # futures and coroutines) each `threshold0` allocations: every 700 by default, 7% of a miss's cost in a
-    # profile. Every 20,000 costs 30x less; the cyclic garbage waiting for it is a few hundred KB at most.
-    gc.set_threshold(GC_YOUNG, 20, 20)
+    settle_heap()
     log.info("filterd %s ready", __version__)
     # DNS answers now, and every signal handler is in place: systemd (Type=notify) starts dependents.
     systemd.ready(f"answering DNS on {', '.join(map(str, app.listening.dns))}")
@@ -199,6 +192,18 @@ async def serve(config: Config) -> None:
 
 #: Allocations between two collections of the young generation (Python's default: 700).
 GC_YOUNG = 20_000
+
+
+def settle_heap() -> None:
+    """Once started (main process and workers alike)."""
+    # Everything built at start (config, lists, pipeline) lives until the end: out of the collector's way, so a full
+    # collection walks only what queries allocate (fewer and shorter pauses of the loop; docs/pipeline.md).
+    gc.collect()
+    gc.freeze()
+    # A young-generation collection walks every object still alive in it (the queries in flight: their tasks,
+    # futures and coroutines) each `threshold0` allocations: every 700 by default, 7% of a miss's cost in a
+    # profile. Every 20,000 costs 30x less; the cyclic garbage waiting for it is a few hundred KB at most.
+    gc.set_threshold(GC_YOUNG, 20, 20)
 
 
 def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:

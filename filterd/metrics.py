@@ -258,6 +258,17 @@ class Metrics:
             ["event"],
             registry=registry,
         )
+        self.dns_workers = Gauge(
+            "filterd_dns_workers",
+            "Processes answering DNS now: the main one and its running workers (dns.workers).",
+            registry=registry,
+        )
+        self.dns_workers.set(1)
+        self.dns_worker_restarts = Counter(
+            "filterd_dns_worker_restarts",
+            "Worker processes (dns.workers) that exited and were started again.",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "filterd_build_info", "Always 1; the version is the label.", ["version"], registry=registry
         )

@@ -12,9 +12,9 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dns.message
 import dns.query
@@ -23,6 +23,8 @@ import dns.rdatatype
 
 from filterd.app import App
 from filterd.config.load import load_config
+
+T = TypeVar("T")
 
 #: Records dnsmasq serves: (dnsmasq option, value).
 DNSMASQ_RECORDS = [
@@ -176,6 +178,18 @@ class RunningFilterd:
     def port(self) -> int:
         assert self.app is not None
         return self.app.listening.dns[0].port
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run a coroutine on the server's loop (e.g. `app.reload()`) and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        """Call a function on the server's loop (the app's methods are not thread-safe) and wait for its result."""
+
+        async def call() -> T:
+            return function(*args)
+
+        return self.run(call())
 
     @property
     def blockpage_port(self) -> int:

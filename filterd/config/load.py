@@ -304,7 +304,10 @@ def _timezone(node: _Node, key: str, p: _Problems) -> str | None:
 def _dns(node: _Node, p: _Problems, base_dir: Path) -> DnsConfig | None:
     dns_keys = {"listen", "upstreams", "timeout", "allow_clients", "forward_zones", "records"}
     keys = _mapping(
-        node, "dns", dns_keys | {"rebind_protection", "rebind_allow", "proxy_protocol"} | _ENCRYPTED_DNS_KEYS, p
+        node,
+        "dns",
+        dns_keys | {"rebind_protection", "rebind_allow", "proxy_protocol", "workers"} | _ENCRYPTED_DNS_KEYS,
+        p,
     )
     if keys is None:
         return None
@@ -336,6 +339,9 @@ def _dns(node: _Node, p: _Problems, base_dir: Path) -> DnsConfig | None:
     proxies: tuple[IPNetwork, ...] | None = ()
     if "proxy_protocol" in keys:
         proxies = _items(keys["proxy_protocol"], "dns.proxy_protocol", p, lambda n, k: _proxy_network(n, k, p))
+    workers: int | None = 1
+    if "workers" in keys:
+        workers = _workers(keys["workers"], p)
     if listen is None or upstreams is None or timeout is None or allow_clients is None:
         return None
     if (
@@ -345,6 +351,7 @@ def _dns(node: _Node, p: _Problems, base_dir: Path) -> DnsConfig | None:
         or rebind_allow is None
         or proxies is None
         or encrypted is None
+        or workers is None
     ):
         return None
     return DnsConfig(
@@ -357,8 +364,25 @@ def _dns(node: _Node, p: _Problems, base_dir: Path) -> DnsConfig | None:
         rebind_protection=rebind,
         rebind_allow=rebind_allow,
         proxy_protocol=proxies,
+        workers=workers,
         **encrypted,
     )
+
+
+#: More processes than this would each hold a cache and upstream sockets for little gain (dnsdist and unbound
+#: advise one per core).
+MAX_WORKERS = 64
+
+
+def _workers(node: _Node, p: _Problems) -> int | None:
+    """`dns.workers`: a count from 1 to MAX_WORKERS, or `auto` (this machine's CPUs, within that range)."""
+    if node.value == "auto":
+        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    value = node.value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    p.add(node.line, "dns.workers", f"must be a whole number from 1 to {MAX_WORKERS} or auto, not {value!r}")
+    return None
 
 
 def _zone_name(node: _Node, key: str, text: str, p: _Problems) -> str | None:

@@ -90,6 +90,9 @@ class DnsConfig:
     tls_listen: tuple[Endpoint, ...] = ()
     #: DNS over HTTPS served to clients at /dns-query (RFC 8484; port 443 by default; HTTP/2 and HTTP/1.1).
     https_listen: tuple[Endpoint, ...] = ()
+    #: Processes answering DNS on `listen` (SO_REUSEPORT): the main one and `workers - 1` more (filterd/workers/);
+    #: `auto` in the file is this machine's CPU count.
+    workers: int = 1
 
 
 class BlockingMode(enum.StrEnum):

@@ -6,8 +6,9 @@ alert engine's count. Alerts found are handed to `on_alerts` (which composes and
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from filterd.dns.wire import QTYPE_LABELS, Question
 from filterd.pipeline.base import Answer, Decision, Query
@@ -19,6 +20,7 @@ from filterd.transport.fastpath import Entry
 _DECISION_TEXT: dict[Decision, str] = {
     d: d.value for d in Decision if d not in (Decision.RATELIMITED, Decision.DROPPED)
 }
+_BLOCKED = _DECISION_TEXT[Decision.BLOCKED]
 
 
 class QueryEvents:
@@ -65,6 +67,18 @@ class QueryEvents:
             group = "" if entry.group is None else entry.group.name
             self._observe(client_ip, group, entry.question.qname, entry.answer)
 
+    def replay(self, rows: Iterable[tuple[str, Tail, float, float]]) -> None:
+        """Answers a worker process gave (`filterd/workers/`), as (client, log tail, time, ms): logged and counted
+        for the alerts here, as if this process had given them."""
+        querylog, engine = self.querylog, self.engine
+        for client_ip, tail, when, ms in rows:
+            if querylog is not None:
+                querylog.log(client_ip, tail, when, ms)
+            if engine is not None and tail[3] == _BLOCKED:
+                alerts = engine.observe(client_ip, tail[0], tail[1], tail[5], tail[4])
+                if alerts:
+                    self.on_alerts(alerts)
+
     def _observe(self, client_ip: str, group: str, name: str, answer: Answer) -> None:
         assert self.engine is not None
         alerts = self.engine.observe(client_ip, group, name, answer.category, answer.reason)
@@ -83,3 +97,63 @@ def log_tail(group: str, question: Question, answer: Answer) -> Tail:
         answer.reason if decision is Decision.BLOCKED else "",
         answer.category,
     )
+
+
+#: A worker relays its answers at most this often (seconds), and at most this many in one batch (the rest of a
+#: flood is counted as dropped, as the log's own queue does).
+RELAY_EVERY = 0.05
+RELAY_MAX_ROWS = 20_000
+
+
+class RelayEvents(QueryEvents):
+    """In a worker process (`filterd/workers/`): each answer's log tail, batched to the main process, which logs it
+    and counts it for the alerts (`QueryEvents.replay`). `send(rows, dropped)` returns False when the main process
+    is not keeping up (the batch is then dropped and counted)."""
+
+    def __init__(
+        self, send: Callable[[list[tuple[str, Tail, float, float]], int], bool], clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(None, None, lambda alerts: None, clock)
+        self.send = send
+        self.rows: list[tuple[str, Tail, float, float]] = []
+        self.dropped = 0
+        self._due = False
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def answered(self, query: Query, answer: Answer) -> None:
+        if answer.decision not in _DECISION_TEXT:
+            return
+        group = "" if query.group is None else query.group.name
+        received = query.received
+        ms = (time.perf_counter() - received) * 1000 if received else 0.0
+        self._add((query.client_ip, log_tail(group, query.question, answer), self.clock(), ms))
+
+    def hit(self, entry: Entry, client_ip: str) -> None:
+        tail = entry.logged
+        if tail is None:
+            group = "" if entry.group is None else entry.group.name
+            tail = entry.logged = log_tail(group, entry.question, entry.answer)
+        self._add((client_ip, tail, self.clock(), 0.0))
+
+    def _add(self, row: tuple[str, Tail, float, float]) -> None:
+        rows = self.rows
+        if len(rows) >= RELAY_MAX_ROWS:
+            self.dropped += 1
+            return
+        rows.append(row)
+        if not self._due:
+            self._due = True
+            asyncio.get_running_loop().call_later(RELAY_EVERY, self.flush)
+
+    def flush(self) -> None:
+        self._due = False
+        rows, self.rows = self.rows, []
+        if not rows and not self.dropped:
+            return
+        if self.send(rows, self.dropped):
+            self.dropped = 0
+        else:
+            self.dropped += len(rows)

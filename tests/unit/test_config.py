@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def problems(text: str) -> list[str]:
         ("dns:\n  listen: [127.0.0.1]\nmetrics: {listen: x}\n", "f.yaml:3: metrics.listen: 'x' is not an IP address"),
         ("dns:\n  listen: [127.0.0.1\n", "f.yaml:3: invalid YAML"),
         ("dns:\n  listen: [127.0.0.1]\ndns: {}\n", "f.yaml:3: dns: duplicate key"),
+        (
+            "dns:\n  listen: [127.0.0.1]\n  workers: 0\n",
+            "f.yaml:3: dns.workers: must be a whole number from 1 to 64 or auto, not 0",
+        ),
+        ("dns:\n  listen: [127.0.0.1]\n  workers: many\n", "f.yaml:3: dns.workers: must be a whole number"),
+        ("dns:\n  listen: [127.0.0.1]\n  workers: true\n", "f.yaml:3: dns.workers: must be a whole number"),
+        ("dns:\n  listen: [127.0.0.1]\n  workers: 2.5\n", "f.yaml:3: dns.workers: must be a whole number"),
         ("", "f.yaml:1: the file is empty"),
         ("- 1\n", "f.yaml:1: (top level): must be a mapping"),
     ],
@@ -114,6 +122,13 @@ def test_endpoints_and_defaults() -> None:
     assert cfg.dns.timeout == 2.0
     assert [lst.builtin for lst in cfg.lists] == ["chat-roulette"]  # absent lists: the shipped list
     assert cfg.metrics is None  # absent section: listener off
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("4", 4), ("auto", max(1, min(64, os.cpu_count() or 1)))])
+def test_dns_workers(value: str, expected: int) -> None:
+    config = parse_config(f"dns:\n  listen: [127.0.0.1]\n  workers: {value}\n", "f.yaml", base_dir=ROOT)
+    assert config.dns.workers == expected
+    assert parse_config("dns:\n  listen: [127.0.0.1]\n", "f.yaml", base_dir=ROOT).dns.workers == 1
 
 
 def test_present_lists_replace_the_default(tmp_path: Path) -> None:
