@@ -463,6 +463,7 @@ def filterd_config(ctx: Ctx, port: int, with_list: bool, state: Path) -> Path:
         f'dns:\n  listen: ["{HOST}:{port}"]\n  upstreams: ["{HOST}:{ctx.upstream_port}"]\n'
         # the upstream's zone answers 127.10.x.y, which rebinding protection would drop
         '  rebind_allow: ["bench.test"]\n'
+        f"  workers: {ctx.args.workers}\n"
         'blocking:\n  mode: "null"\n'
         f"lists:\n{lists}"
         "cache:\n  size: 10000\n"
@@ -882,6 +883,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--querylog", choices=("full", "blocked-only", "off"), default="full", help="filterd's query log privacy"
     )
     ap.add_argument("--groups", action="store_true", help="filterd with two client groups (the client in one)")
+    ap.add_argument("--workers", default="1", help="filterd's dns.workers (a number or auto)")
     a = ap.parse_args(argv)
     smoke = a.smoke
     a.reps = (1 if smoke else 3) if a.reps is None else a.reps
