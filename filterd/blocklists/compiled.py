@@ -25,19 +25,23 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import io
+import itertools
 import json
 import logging
 import mmap
 import os
+import pickle
 import secrets
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from filterd.blocklists.matcher import Match, rule_match
 from filterd.blocklists.parse import Sink, Skipped, detect_format, parse_stream
@@ -127,7 +131,10 @@ def compile_and_open(
         raise CompileError(f"too many lists ({len(lists)}); at most {MAX_LISTS}")
     tmp = out.with_name(f"{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        report = _compile_isolated(lists, tmp, fingerprint) if isolated else write_snapshot(lists, tmp, fingerprint)
+        if isolated:
+            report = _compile_isolated(lists, tmp, fingerprint)
+        else:
+            report = write_snapshot(lists, tmp, fingerprint, parallel=True)
         matcher = CompiledMatcher(tmp)
         os.replace(tmp, out)
         matcher.path = out
@@ -137,15 +144,18 @@ def compile_and_open(
     return report, matcher
 
 
-def write_snapshot(lists: Sequence[ListFile], tmp: Path, fingerprint: str, *, yielding: bool = False) -> CompileReport:
+def write_snapshot(
+    lists: Sequence[ListFile], tmp: Path, fingerprint: str, *, yielding: bool = False, parallel: bool = False
+) -> CompileReport:
     """Compile into the new file `tmp` (fsynced; the caller renames it into place). `yielding`: hand the GIL to
     other threads every 1,024 names (a server compiling in this process while it answers; elsewhere each hand-over
-    costs up to 0.1 ms for nothing: a tenth of a second a million names)."""
+    costs up to 0.1 ms for nothing: a tenth of a second a million names). `parallel`: a large list is read by two
+    processes (`_Part`): at start, when nothing is answered until the lists are in, every core helps."""
     estimate = sum(_count_lines(item.path) for item in lists)
     span = max(16, int(estimate / LOAD_FACTOR) + 1)
     while True:
         try:
-            return _compile(lists, tmp, span, fingerprint, yielding)
+            return _compile(lists, tmp, span, fingerprint, yielding, parallel)
         except _TableFull:
             span *= 2  # a hosts file with many names a line: more entries than lines
 
@@ -209,7 +219,11 @@ def _report_from_json(data: dict[str, Any]) -> CompileReport:
 
 def _child_main() -> int:
     """`python -m filterd.blocklists.compiled`: one compile job (JSON on stdin), its report on stdout. At a lower
-    priority (nice 10): on a machine with few cores, the server answering queries comes first."""
+    priority (nice 10): on a machine with few cores, the server answering queries comes first.
+    `python -m filterd.blocklists.compiled --part JOB`: the rest of a large list (`_Part`), its entries in a file."""
+    if sys.argv[1:2] == ["--part"]:
+        sys.stdout.buffer.write(pickle.dumps(_read_part(json.loads(sys.argv[2])), protocol=pickle.HIGHEST_PROTOCOL))
+        return 0
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
     job = json.loads(sys.stdin.read())
@@ -235,7 +249,9 @@ def _count_lines(path: Path) -> int:
     return count + 1
 
 
-def _compile(lists: Sequence[ListFile], tmp: Path, span: int, fingerprint: str, yielding: bool) -> CompileReport:
+def _compile(
+    lists: Sequence[ListFile], tmp: Path, span: int, fingerprint: str, yielding: bool, parallel: bool = False
+) -> CompileReport:
     slots = span + SPILL
     table_bytes = slots * 12
     limit = int(span * 0.95)
@@ -246,7 +262,8 @@ def _compile(lists: Sequence[ListFile], tmp: Path, span: int, fingerprint: str, 
             hashes = memoryview(mm)[_HEADER.size : _HEADER.size + slots * 8].cast("Q")
             values = memoryview(mm)[_HEADER.size + slots * 8 : _HEADER.size + table_bytes].cast("I")
             try:
-                meta = _fill(lists, hashes, values, span, limit, yielding)
+                part_out = tmp.with_name(f"{tmp.name}.part") if parallel else None
+                meta = _fill(lists, hashes, values, span, limit, yielding, part_out)
             finally:
                 hashes.release()
                 values.release()
@@ -305,12 +322,7 @@ class _Table(Sink):
 
     def add_rule(self, kind: str, text: str, subtree: bool, exception: bool, line: int) -> None:
         self.read += 1
-        key = [self.list_index, kind, text, subtree, exception]
-        if any(rule[:5] == key for rule in self.rule_rows):
-            return  # the same rule again in this list: the first line stands
-        self.rule_rows.append([*key, self.category or self.fallback, line])
-        if not exception:
-            self.count += 1
+        self.add_rule_row(kind, text, subtree, exception, self.category, line)
 
     def add_yielding(self, name: str, subtree: bool, exception: bool, line: int) -> None:
         """`add`, handing the GIL to other threads every 1,024 names (a server compiling in this process)."""
@@ -326,7 +338,11 @@ class _Table(Sink):
             self.sections.append((line, self.category_id(category or self.fallback)))
         kind = (_EXCEPTION if exception else 0) | (_SUBTREE if subtree else 0)
         value = kind | self.base | ((line if line <= _MAX_LINE else 0) << _LINE_SHIFT)
-        h = _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
+        self.place(_from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1, value)
+
+    def place(self, h: int, value: int) -> None:
+        """Put one entry (its name's hash, its packed value) in the table, in hash order."""
+        counted = not value & _EXCEPTION  # (before the shifting below, which reuses `value`)
         hashes, values, last = self.hashes, self.values, self.last
         i = (h * self.span) >> 64
         stored = hashes[i]
@@ -349,16 +365,35 @@ class _Table(Sink):
         hashes[i] = h
         values[i] = value
         self.used += 1
+        if counted:
+            self.count += 1
+
+    def add_rule_row(
+        self, kind: str, text: str, subtree: bool, exception: bool, category: str | None, line: int
+    ) -> None:
+        """A rule read elsewhere (`_Part`), with the category it was read under."""
+        key = [self.list_index, kind, text, subtree, exception]
+        if any(rule[:5] == key for rule in self.rule_rows):
+            return  # the same rule again in this list: the first line stands
+        self.rule_rows.append([*key, category or self.fallback, line])
         if not exception:
             self.count += 1
 
 
 def _fill(
-    lists: Sequence[ListFile], hashes: Any, values: Any, span: int, limit: int, yielding: bool = False
+    lists: Sequence[ListFile],
+    hashes: Any,
+    values: Any,
+    span: int,
+    limit: int,
+    yielding: bool = False,
+    part_out: Path | None = None,
 ) -> dict[str, Any]:
+    """`part_out`: read a large list in two processes (`_Part`), the helper's entries passing through this file."""
     table = _Table(hashes, values, span, limit)
     if yielding:
         table.add = table.add_yielding  # type: ignore[method-assign]
+    part = _Part.start(lists, part_out) if part_out is not None else None
     counts: list[int] = []
     read: list[int] = []
     sections: list[list[tuple[int, int]]] = []
@@ -366,12 +401,20 @@ def _fill(
     formats: list[str] = []
     for list_index, item in enumerate(lists):
         table.start_list(list_index, item.category)
-        with item.path.open(encoding="utf-8-sig", errors="replace") as handle:
-            fmt = item.fmt
-            if fmt == "auto":
-                fmt = detect_format(handle.read(1 << 16))
-                handle.seek(0)
-            skip = parse_stream(handle, table, fmt=fmt, subdomains=item.subdomains, allow_suffixes=item.allow_suffixes)
+        if part is not None and part.index == list_index:
+            fmt = part.fmt
+            with item.path.open(encoding="utf-8-sig", errors="replace") as handle:
+                head = part.head(handle)
+                skip = parse_stream(
+                    head, table, fmt=fmt, subdomains=item.subdomains, allow_suffixes=item.allow_suffixes
+                )
+            skip = part.merge(table, skip)
+        else:
+            with item.path.open(encoding="utf-8-sig", errors="replace") as handle:
+                fmt = _format(item, handle)
+                skip = parse_stream(
+                    handle, table, fmt=fmt, subdomains=item.subdomains, allow_suffixes=item.allow_suffixes
+                )
         list_sections = table.sections
         if not list_sections or list_sections[0][0] > 1:
             list_sections.insert(0, (0, table.category_id(item.category)))
@@ -392,6 +435,215 @@ def _fill(
         "slots": span + SPILL,
         "used": table.used,
         "rules": table.rule_rows,
+    }
+
+
+def _format(item: ListFile, handle: TextIO) -> str:
+    """The list's format: as configured, or guessed from its start (the handle is left at its start)."""
+    if item.fmt != "auto":
+        return item.fmt
+    fmt = detect_format(handle.read(1 << 16))
+    handle.seek(0)
+    return fmt
+
+
+#: A list this large (the largest one, when there are several) is read by two processes when compiling at start
+#: (`_Part`); a smaller one is done before a second process would have started.
+PARALLEL_MIN_BYTES = 4 << 20
+#: The share of that list this process reads itself: it also places every entry in the table, the helper's too,
+#: which costs about half as much again as reading one; so the helper, which only reads and hashes, reads more.
+_OWN_SHARE = 0.42
+#: The category a helper's first entries have: whatever the first part's last `# category:` left in force (a
+#: label never holds a line break).
+_INHERITED = "\n"
+
+
+class _Part:
+    """The rest of a large list, read (parsed and hashed) by a helper process (`python -m filterd.blocklists.compiled
+    --part`) while this one reads the first part; this one then places the helper's entries after its own, in the
+    order a single reader would have, so the table and its metadata are the same byte for byte. The split is at a
+    line's end; the helper is told how many lines come before it (counted as text mode counts them: \\n, \\r\\n
+    or a lone \\r), so its line numbers are the file's. The helper's entries come back in a file (`out`), mapped
+    here while they are placed: no copy of them on this process's heap, which would stay in its RSS."""
+
+    def __init__(
+        self, index: int, fmt: str, lines: int, job: dict[str, Any], helper: subprocess.Popen[bytes] | None
+    ) -> None:
+        self.index = index
+        self.fmt = fmt
+        self.lines = lines
+        self.job = job
+        self.helper = helper
+
+    @classmethod
+    def start(cls, lists: Sequence[ListFile], out: Path) -> _Part | None:
+        if (os.cpu_count() or 1) < 2 or not lists:
+            return None
+        try:
+            sizes = [item.path.stat().st_size for item in lists]
+        except OSError:
+            return None
+        index = max(range(len(lists)), key=sizes.__getitem__)
+        item = lists[index]
+        if sizes[index] < PARALLEL_MIN_BYTES:
+            return None
+        try:
+            with item.path.open(encoding="utf-8-sig", errors="replace") as text:
+                fmt = _format(item, text)
+            with item.path.open("rb") as raw:
+                lines, last, remaining = 0, b"", int(sizes[index] * _OWN_SHARE)
+                while remaining > 0 and (chunk := raw.read(min(remaining, 1 << 20))):
+                    remaining -= len(chunk)
+                    lines += _line_ends(chunk, last)
+                    last = chunk[-1:]
+                lines += _line_ends(raw.readline(), last)  # to the end of that line
+                start = raw.tell()
+        except OSError:
+            return None
+        job = {
+            "path": str(item.path),
+            "start": start,
+            "lines": lines,
+            "list": index,
+            "fmt": fmt,
+            "subdomains": item.subdomains,
+            "allow_suffixes": item.allow_suffixes,
+            "out": str(out),
+        }
+        try:
+            # -P: not the working directory on sys.path (only the installed filterd runs)
+            command = [sys.executable, "-P", "-m", "filterd.blocklists.compiled", "--part", json.dumps(job)]
+            helper = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        except OSError:
+            helper = None  # read here, after the first part (as if there were no helper)
+        return cls(index, fmt, lines, job, helper)
+
+    def head(self, handle: TextIO) -> Iterator[str]:
+        """The first part's lines, from the whole list's file."""
+        return itertools.islice(handle, self.lines)
+
+    def _result(self) -> dict[str, Any]:
+        helper = self.helper
+        if helper is not None:
+            try:
+                out, _ = helper.communicate(timeout=CHILD_TIMEOUT)
+                if helper.returncode == 0:
+                    result: dict[str, Any] = pickle.loads(out)
+                    return result
+            except (subprocess.TimeoutExpired, pickle.UnpicklingError, EOFError, ValueError):
+                helper.kill()
+                helper.wait()
+            log.warning("lists: the helper reading the rest of %s failed; reading it here", self.job["path"])
+        return _read_part(self.job)
+
+    def merge(self, table: _Table, skip: Skipped) -> Skipped:
+        """The helper's entries, rules and skips after the first part's, as one reader would have added them."""
+        out = Path(self.job["out"])
+        try:
+            result = self._result()
+            inherited = table.category
+            for line, category in result["sections"]:  # (the category at each entry where it changed)
+                category = inherited if category == _INHERITED else category
+                if category != table.current or not table.started:
+                    table.current, table.started = category, True
+                    table.sections.append((line, table.category_id(category or table.fallback)))
+            if result["entries"]:
+                _place_from(table, out, result["entries"])
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                out.unlink()
+        for kind, text, subtree, exception, category, line in result["rules"]:
+            table.add_rule_row(kind, text, subtree, exception, inherited if category == _INHERITED else category, line)
+        table.read += result["read"]
+        count, line, reason, suffix = result["skipped"]
+        if table._sample_is_suffix or (not suffix and skip.count):
+            return Skipped(skip.count + count, skip.sample_line, skip.sample_reason)
+        return Skipped(skip.count + count, line, reason)
+
+
+def _place_from(table: _Table, path: Path, entries: int) -> None:
+    """Place the entries a helper wrote to `path` (its hashes, then its values), read through a mapping."""
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if len(mm) != entries * 12:
+            raise CompileError(f"{path}: {len(mm)} bytes from the helper, not {entries * 12}")
+        hashes = memoryview(mm)[: entries * 8].cast("Q")
+        values = memoryview(mm)[entries * 8 :].cast("I")
+        try:
+            place = table.place
+            for h, value in zip(hashes, values, strict=True):
+                place(h, value)
+        finally:
+            hashes.release()
+            values.release()
+
+
+def _line_ends(chunk: bytes, before: bytes) -> int:
+    """Lines ended in `chunk` as text mode counts them (\\n, \\r\\n, a lone \\r); `before`: the byte before it."""
+    ends = chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+    return ends - 1 if before == b"\r" and chunk[:1] == b"\n" else ends
+
+
+class _PartSink(Sink):
+    """What the helper keeps of the rest of a list: each entry's hash and packed value, the category where it
+    changes, the rules, the skips; line numbers are the file's."""
+
+    def __init__(self, list_index: int, lines_before: int) -> None:
+        super().__init__()
+        self.category = _INHERITED
+        self.offset = lines_before
+        self.base = list_index << _KIND_BITS
+        self.hashes = array("Q")
+        self.values = array("I")
+        self.sections: list[tuple[int, str | None]] = []
+        self.rule_rows: list[tuple[str, str, bool, bool, str | None, int]] = []
+        self.read = 0
+        self._current: str | None = None
+        self._started = False
+
+    def add(self, name: str, subtree: bool, exception: bool, line: int) -> None:
+        self.read += 1
+        line += self.offset
+        category = self.category
+        if category != self._current or not self._started:
+            self._current, self._started = category, True
+            self.sections.append((line, category))
+        kind = (_EXCEPTION if exception else 0) | (_SUBTREE if subtree else 0)
+        self.values.append(kind | self.base | ((line if line <= _MAX_LINE else 0) << _LINE_SHIFT))
+        self.hashes.append(
+            _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
+        )
+
+    def add_rule(self, kind: str, text: str, subtree: bool, exception: bool, line: int) -> None:
+        self.read += 1
+        self.rule_rows.append((kind, text, subtree, exception, self.category, line + self.offset))
+
+    def skip(self, line: int, reason: str) -> None:
+        super().skip(line + self.offset, reason)
+
+    def refuse_suffix(self, line: int, name: str) -> None:
+        super().refuse_suffix(line + self.offset, name)
+
+
+def _read_part(job: dict[str, Any]) -> dict[str, Any]:
+    """Parse and hash a list from byte `start` (a line's start) to its end: the helper's job (or this process's,
+    when the helper failed). The entries go to the file `out` (hashes, then values); the rest is returned."""
+    sink = _PartSink(job["list"], job["lines"])
+    with open(job["path"], "rb") as raw:
+        raw.seek(job["start"])
+        with io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as text:
+            skip = parse_stream(
+                text, sink, fmt=job["fmt"], subdomains=job["subdomains"], allow_suffixes=job["allow_suffixes"]
+            )
+    with open(job["out"], "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        sink.hashes.tofile(out)
+        sink.values.tofile(out)
+    return {
+        "entries": len(sink.hashes),
+        "sections": sink.sections,
+        "rules": sink.rule_rows,
+        "read": sink.read,
+        "skipped": (skip.count, skip.sample_line, skip.sample_reason, sink._sample_is_suffix),
     }
 
 

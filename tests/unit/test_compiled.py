@@ -254,3 +254,90 @@ def test_a_snapshot_whose_probes_could_run_off_the_end_is_refused(tmp_path: Path
     with pytest.raises(CompileError, match="span"):
         CompiledMatcher(tmp_path / "wide.bin")
     assert CompiledMatcher(good).match("a.example") is not None
+
+
+def _parallel_sample(fmt: str, newline: str, n: int = 3000) -> str:
+    """A list whose second part depends on its first: the category in force carries over, names and rules repeat
+    across the split (the first line stands), exceptions, public suffixes refused, bad lines, every line ending."""
+    if fmt == "adblock":
+        entry, exception, rule = "||{}^", "@@||{}^", "||omegle{}.*^"
+        extra = ["||co.uk^", "||bad..name^", "/chat-?roulette{}/", "@@/^ok{}\\./", "||x.com^$third-party"]
+    elif fmt == "hosts":
+        entry, exception, rule = "0.0.0.0 {} www.{}", "0.0.0.0 {}", "0.0.0.0 {}"
+        extra = ["0.0.0.0 bad..name", "0.0.0.0 hopto.org", "127.0.0.1 localhost"]
+    else:
+        entry, exception, rule = "{}", "*.{}", "omegle{}.*"
+        extra = ["*.co.uk", "bad..name", "/roulette{}/", "b\u00fc{}.example"]
+    lines = ["# a list", "# category: first"]
+    for i in range(n):
+        name = f"n{i % (n // 3)}.example"  # each name three times: the later ones are duplicates
+        lines.append(entry.format(name, name))
+        if i % 97 == 0:
+            lines.append(exception.format(f"e{i}.example", f"e{i}.example"))
+        if i % 211 == 0:
+            lines.append(rule.format(i % 400, i % 400))
+        if i % 131 == 0:
+            lines.append(extra[i % len(extra)].format(i % 400))
+        if i % 700 == 0 and i:
+            lines.append(f"# category: c{i // 1000}" if i % 1400 else "# category:")
+    if newline == "mixed":  # a lone \r ends a line too (text mode's universal newlines)
+        return "\ufeff" + "".join(line + ("\r" if i % 5 == 0 else "\n") for i, line in enumerate(lines))
+    return "\ufeff" + newline.join(lines) + newline
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r", "mixed"])
+@pytest.mark.parametrize("fmt", ["domains", "hosts", "adblock", "auto"])
+def test_a_large_list_read_by_two_processes_compiles_to_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, newline: str
+) -> None:
+    from filterd.blocklists import compiled
+
+    text = _parallel_sample("adblock" if fmt == "auto" else fmt, newline)
+    (tmp_path / "big.txt").write_bytes(text.encode())
+    (tmp_path / "small.txt").write_text("small.example\nn1.example\n")
+    lists = [
+        ListFile("small", "s", tmp_path / "small.txt", "domains"),
+        ListFile("big", "fallback-cat", tmp_path / "big.txt", fmt),
+    ]
+    serial = tmp_path / "serial.snapshot"
+    report = compiled.write_snapshot(lists, serial, "fp")
+    monkeypatch.setattr(compiled, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(compiled.os, "cpu_count", lambda: 2)
+    helpers: list[object] = []
+    start = compiled._Part.start
+
+    def spy(lists: list[ListFile], out: Path) -> object:
+        part = start(lists, out)
+        helpers.append(part.helper if part is not None else None)
+        return part
+
+    monkeypatch.setattr(compiled._Part, "start", spy)
+    parallel = tmp_path / "parallel.snapshot"
+    assert compiled.write_snapshot(lists, parallel, "fp", parallel=True) == report
+    assert helpers and helpers[0] is not None  # a helper process read the big list's rest
+    assert parallel.read_bytes() == serial.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "big.txt",
+        "parallel.snapshot",
+        "serial.snapshot",
+        "small.txt",
+    ]
+    assert report.entries["big"] > 1000 and report.skipped["big"].count > 0
+
+
+@pytest.mark.parametrize("executable", ["/nonexistent/python", "/bin/false"])
+def test_when_the_helper_cannot_help_this_process_reads_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executable: str
+) -> None:
+    from filterd.blocklists import compiled
+
+    (tmp_path / "big.txt").write_text(_parallel_sample("domains", "\n"))
+    lists = [ListFile("big", "c", tmp_path / "big.txt", "domains")]
+    serial = tmp_path / "serial.snapshot"
+    compiled.write_snapshot(lists, serial, "")
+    monkeypatch.setattr(compiled, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(compiled.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(compiled.sys, "executable", executable)
+    parallel = tmp_path / "parallel.snapshot"
+    compiled.write_snapshot(lists, parallel, "", parallel=True)
+    assert parallel.read_bytes() == serial.read_bytes()
