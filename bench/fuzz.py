@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fuzz a real filterd on loopback and check that every reply it sends parses.
 
-    .venv/bin/python bench/fuzz.py [--packets N] [--seconds S] [--seed N] [--tcp-share F] [--out FILE]
+    .venv/bin/python bench/fuzz.py [--packets N] [--seconds S] [--seed N] [--tcp-share F] [--workers N] [--out FILE]
 
 Starts a fake upstream (this file with --upstream: raw bytes, an answer for every query) and filterd
 (`python -m filterd serve`, its own process, on a free 127.0.0.1 port), then sends N packets over UDP and TCP
@@ -69,6 +69,7 @@ dns:
   listen: ["{host}:{port}"]
   upstreams: ["{host}:{upstream}"]
   timeout: 1
+  workers: {workers}
   records:
     fuzz.lan: 127.0.0.54
 groups:
@@ -643,16 +644,21 @@ class Filterd:
         return problems
 
     def tracebacks(self) -> str:
+        """A traceback in the log (the workers' included: they share its stderr), or a worker that exited."""
         text = self.log.read_text(errors="replace")
-        return text[text.find("Traceback") :][:3000] if "Traceback" in text else ""
+        for mark in ("Traceback", "exited (status"):
+            if mark in text:
+                start = text.rfind("\n", 0, text.find(mark)) + 1
+                return text[start:][:3000]
+        return ""
 
 
 @contextlib.contextmanager
-def filterd(workdir: Path, upstream_port: int, python: str = sys.executable) -> Iterator[Filterd]:
+def filterd(workdir: Path, upstream_port: int, python: str = sys.executable, workers: int = 1) -> Iterator[Filterd]:
     """filterd on a free 127.0.0.1 port, forwarding to the fake upstream; stopped by its PID afterwards."""
     port = free_port()
     config = workdir / "fuzz.yaml"
-    config.write_text(CONFIG.format(host=HOST, port=port, upstream=upstream_port))
+    config.write_text(CONFIG.format(host=HOST, port=port, upstream=upstream_port, workers=workers))
     log = workdir / "filterd.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
@@ -690,6 +696,7 @@ def main() -> int:
     parser.add_argument("--tcp-share", type=float, default=0.1, help="the share of packets sent over TCP")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs filterd")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "fuzz-latest.json")
+    parser.add_argument("--workers", type=int, default=1, help="filterd's dns.workers (the packets spread over them)")
     parser.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream:
@@ -698,7 +705,7 @@ def main() -> int:
     with (
         tempfile.TemporaryDirectory(prefix="filterd-fuzz-") as work,
         upstream() as upstream_port,
-        filterd(Path(work), upstream_port, args.python) as server,
+        filterd(Path(work), upstream_port, args.python, args.workers) as server,
     ):
         rss_before = server.rss_kib()
         tally = run(server.port, args.packets, args.seconds, args.seed, args.tcp_share)
@@ -713,6 +720,7 @@ def main() -> int:
         "after": problems or "answers normally",
         "tracebacks": tracebacks,
         "uvloop": _uvloop(args.python),
+        "workers": args.workers,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
