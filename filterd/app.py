@@ -25,13 +25,13 @@ from prometheus_client import CollectorRegistry
 from filterd import __version__, systemd
 from filterd.blocklists.compiled import CompiledMatcher
 from filterd.blocklists.guard import FileGuard
-from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, list_path, load_lists
+from filterd.blocklists.load import SNAPSHOT_NAME, LoadedLists, Prepared, list_path, load_lists
 from filterd.blocklists.local import LOCAL_LIST, LocalLists
 from filterd.blocklists.matcher import Match
-from filterd.blocklists.refresh import ListRefresher, open_state
+from filterd.blocklists.refresh import ListRefresher
 from filterd.blocklists.rules import public_suffixes
 from filterd.blocklists.sources import UpstreamDnsResolver
-from filterd.blocklists.state import StateDir
+from filterd.blocklists.state import StateDir, open_state
 from filterd.config.load import EMBEDDED_NAME, load_config, load_embedded
 from filterd.config.resolvconf import default_upstreams
 from filterd.config.schema import (
@@ -289,18 +289,31 @@ class App:
         # Last: the only stage that leaves the machine.
         return Pipeline(stages, self.resolver)
 
-    async def start(self) -> None:
+    async def start(self, prepared: Prepared | None = None) -> None:
+        """`prepared`: the state_dir and lists already loaded for this config (`blocklists.load.prepare`, which
+        `filterd serve` runs while the rest of filterd is imported); taken over as they are."""
         logging.getLogger("asyncio").addFilter(self._asyncio_filter)  # its line per write to a reset connection
-        upstreams = resolve_upstreams(self.config)
+        try:
+            upstreams = resolve_upstreams(self.config)
+        except BaseException:
+            if prepared is not None:
+                prepared.state.close()
+            raise
         self.upstreams = upstreams
-        self.state = open_state(self.config)  # created and locked when a url list or the admin API needs it
+        if prepared is not None:
+            self.state = prepared.state
+        else:
+            self.state = open_state(self.config)  # created and locked when a url list or the admin API needs it
         try:
             if self.state is not None:
                 self.local_lists = LocalLists.load(self.state.path / "local.json")
             # url lists from their stored copies; an unchanged snapshot from the last run is mapped at once; a path
             # list whose file cannot be used starts with its last good version (or nothing), said loudly
-            self.guard = FileGuard(self._snapshot_path().with_name("files"))
-            self.lists = load_lists(self.config.lists, self.state, self._snapshot_path(), guard=self.guard)
+            if prepared is not None:
+                self.guard, self.lists = prepared.guard, prepared.lists
+            else:
+                self.guard = FileGuard(self._snapshot_path().with_name("files"))
+                self.lists = load_lists(self.config.lists, self.state, self._snapshot_path(), guard=self.guard)
         except BaseException:
             await self.stop()
             raise

@@ -17,14 +17,18 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filterd import __version__, logs, systemd
 from filterd.admin_client import AdminClient
-from filterd.app import App, offline_check
 from filterd.config.load import load_config, load_embedded
 from filterd.config.schema import Config
 from filterd.errors import ConfigError, FilterdError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from filterd.blocklists.load import Prepared
 
 log = logging.getLogger("filterd")
 
@@ -152,8 +156,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT; a clean stop closes every listener."""
+async def serve(config: Config, early: Future[Prepared | None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT; a clean stop closes every listener. `early`: the lists being loaded meanwhile
+    (`start_early`)."""
+    from filterd.app import App  # (the lists are compiling meanwhile: `start_early`)
+
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -173,7 +180,7 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    await app.start()
+    await app.start(await _prepared(early))
     ready = True
     if stop.is_set():
         await app.stop()
@@ -216,10 +223,42 @@ def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     return run
 
 
-def run_serve(config: Config) -> None:
+def start_early(config: Config) -> Future[Prepared | None]:
+    """Load the state_dir and the lists in a thread (their compile in a child process) while the rest of filterd
+    is imported: a first start with a large list answers sooner (`blocklists.load.prepare`)."""
+    import threading
+    from concurrent.futures import Future
+
+    from filterd.blocklists.load import prepare
+
+    future: Future[Prepared | None] = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(prepare(config))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="filterd-prepare", daemon=True).start()
+    return future
+
+
+async def _prepared(early: Future[Prepared | None] | None) -> Prepared | None:
+    """The early load's result; None when it failed: the server's own load then meets the problem and says it."""
+    if early is None:
+        return None
+    try:
+        return await asyncio.wrap_future(early)
+    except Exception as exc:
+        log.debug("the early load of the lists failed (%s); loading them again", exc)
+        return None
+
+
+def run_serve(config: Config, early: Future[Prepared | None] | None = None) -> None:
     # Outside the `except ImportError:` above: an exception raised while serving must not carry uvloop's
     # ModuleNotFoundError as its context, at the head of every traceback.
-    event_loop_runner()(serve(config))
+    event_loop_runner()(serve(config, early))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -230,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.error("%s", problem)
         return 1
     try:
-        run_serve(config)
+        run_serve(config, start_early(config))
     except FilterdError as exc:
         log.error("%s", exc)
         return 1
@@ -290,6 +329,8 @@ def cmd_lists_update(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     if args.offline:
+        from filterd.app import offline_check
+
         result = offline_check(load(args.config), args.name, args.client)
     else:
         params = {"name": args.name} | ({"client": args.client} if args.client else {})

@@ -116,7 +116,7 @@ def compile_lists(
 
 
 def compile_and_open(
-    lists: Sequence[ListFile], out: Path, *, fingerprint: str = "", isolated: bool = False
+    lists: Sequence[ListFile], out: Path, *, fingerprint: str = "", isolated: bool = False, parallel: bool | None = None
 ) -> tuple[CompileReport, CompiledMatcher]:
     """compile_lists(), and the new snapshot already mapped: mapped before it is renamed into place, so two
     compiles racing for `out` each get their own (the mapping outlives the rename).
@@ -126,15 +126,20 @@ def compile_and_open(
     which gives it up at every poll for new packets, gets it back only between the compiler's slices: it answers
     a few hundred queries a second meanwhile (a million names under load: 5 s answers and lost queries). The child
     costs memory while it runs: an interpreter (about 20 MB) besides the table it writes. One that cannot run (no
-    usable interpreter) falls back to this process, with a warning."""
+    usable interpreter) falls back to this process, with a warning.
+
+    `parallel`: a large list read by two processes (`_Part`); by default when compiling in this process (at start,
+    when nothing is answered until the lists are in), not in a child (a reload, while the lists in use answer)."""
     if len(lists) > MAX_LISTS:
         raise CompileError(f"too many lists ({len(lists)}); at most {MAX_LISTS}")
     tmp = out.with_name(f"{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
+        if parallel is None:
+            parallel = not isolated
         if isolated:
-            report = _compile_isolated(lists, tmp, fingerprint)
+            report = _compile_isolated(lists, tmp, fingerprint, parallel)
         else:
-            report = write_snapshot(lists, tmp, fingerprint, parallel=True)
+            report = write_snapshot(lists, tmp, fingerprint, parallel=parallel)
         matcher = CompiledMatcher(tmp)
         os.replace(tmp, out)
         matcher.path = out
@@ -164,7 +169,7 @@ def write_snapshot(
 CHILD_TIMEOUT = 600.0
 
 
-def _compile_isolated(lists: Sequence[ListFile], tmp: Path, fingerprint: str) -> CompileReport:
+def _compile_isolated(lists: Sequence[ListFile], tmp: Path, fingerprint: str, parallel: bool = False) -> CompileReport:
     """write_snapshot() in a child process: the job as JSON on its stdin, the report on its stdout."""
     job = {
         "lists": [
@@ -172,6 +177,7 @@ def _compile_isolated(lists: Sequence[ListFile], tmp: Path, fingerprint: str) ->
         ],
         "out": str(tmp),
         "fingerprint": fingerprint,
+        "parallel": parallel,
     }
     # -P: not the working directory on sys.path (only the installed filterd runs)
     command = [sys.executable, "-P", "-m", "filterd.blocklists.compiled"]
@@ -219,17 +225,19 @@ def _report_from_json(data: dict[str, Any]) -> CompileReport:
 
 def _child_main() -> int:
     """`python -m filterd.blocklists.compiled`: one compile job (JSON on stdin), its report on stdout. At a lower
-    priority (nice 10): on a machine with few cores, the server answering queries comes first.
+    priority (nice 10): on a machine with few cores, the server answering queries comes first; except a `parallel`
+    job, which only a start asks for (`load.prepare`), when there is nothing to answer yet.
     `python -m filterd.blocklists.compiled --part JOB`: the rest of a large list (`_Part`), its entries in a file."""
     if sys.argv[1:2] == ["--part"]:
         sys.stdout.buffer.write(pickle.dumps(_read_part(json.loads(sys.argv[2])), protocol=pickle.HIGHEST_PROTOCOL))
         return 0
-    with contextlib.suppress(OSError, AttributeError):
-        os.nice(10)
     job = json.loads(sys.stdin.read())
+    if not job.get("parallel"):  # (asked only at start, when nothing is answered until the lists are in)
+        with contextlib.suppress(OSError, AttributeError):
+            os.nice(10)
     lists = [ListFile(name, cat, Path(path), fmt, sub, allow) for name, cat, path, fmt, sub, allow in job["lists"]]
     try:
-        report = write_snapshot(lists, Path(job["out"]), job["fingerprint"])
+        report = write_snapshot(lists, Path(job["out"]), job["fingerprint"], parallel=bool(job.get("parallel")))
     except (OSError, CompileError, ValueError) as exc:
         print(json.dumps({"error": str(exc)}))
         return 1

@@ -23,8 +23,8 @@ from pathlib import Path
 from filterd.blocklists.builtin import builtin_path
 from filterd.blocklists.compiled import CompiledMatcher, CompileError, CompileReport, ListFile, compile_and_open
 from filterd.blocklists.guard import FileGuard, FileVersion, discard
-from filterd.blocklists.state import StateDir
-from filterd.config.schema import ListConfig
+from filterd.blocklists.state import StateDir, open_state
+from filterd.config.schema import Config, ListConfig
 from filterd.errors import ListError
 
 log = logging.getLogger(__name__)
@@ -149,13 +149,15 @@ def load_lists(
     current: CompiledMatcher | None = None,
     guard: FileGuard | None = None,
     isolated: bool = False,
+    parallel: bool | None = None,
     force: Collection[str] = (),
 ) -> LoadedLists:
     """Compile every enabled list into `snapshot` (or reuse it when nothing changed) and map it.
 
     `current`: the snapshot in use, returned itself when the lists have not changed. `guard`: the server's
     FileGuard (default: one on `files/` beside the snapshot). `isolated`: compile in a child process (a server
-    that is answering). `force`: path lists whose new version is taken even if it shrank (`lists update --force`).
+    that is answering); `parallel`: a large list read by two processes (compiled.py's `_Part`; by default only when
+    not `isolated`). `force`: path lists whose new version is taken even if it shrank (`lists update --force`).
     Raises ListError naming a list that cannot be read (a path list never does: its last good version serves).
     CPU and I/O for seconds with a million names: call it off the event loop once serving."""
     empty = snapshot.with_name("empty.txt")
@@ -169,7 +171,9 @@ def load_lists(
     pending = snapshot.with_name(f"{snapshot.name}.pending")
     candidates = [i for i in inputs if i.version is not None and i.version.candidate]
     try:
-        loaded, report = _load(inputs, pending if candidates else snapshot, current, isolated, where, snapshot)
+        loaded, report = _load(
+            inputs, pending if candidates else snapshot, current, (isolated, parallel), where, snapshot
+        )
         if report is None:  # the lists in use, or the snapshot on disk: these versions passed once already
             for i in candidates:
                 assert i.version is not None
@@ -188,7 +192,7 @@ def load_lists(
             loaded.matcher.close()
             inputs = [_replaced(i, failed[i.cfg.name], empty) if i.cfg.name in failed else i for i in inputs]
             candidates = [i for i in inputs if i.version is not None and i.version.candidate]
-            loaded, report = _load(inputs, snapshot, current, isolated, where, snapshot)
+            loaded, report = _load(inputs, snapshot, current, (isolated, parallel), where, snapshot)
         elif candidates:
             os.replace(pending, snapshot)  # the mapping stays valid: it follows the file
             loaded.matcher.path = snapshot
@@ -214,7 +218,7 @@ def _load(
     inputs: Sequence[_Input],
     out: Path,
     current: CompiledMatcher | None,
-    isolated: bool,
+    how: tuple[bool, bool | None],
     where: dict[str, str],
     snapshot: Path,
 ) -> tuple[LoadedLists, CompileReport | None]:
@@ -235,7 +239,10 @@ def _load(
                 return LoadedLists(mapped, mapped.entry_counts(), where, problems), None
             mapped.close()
     try:
-        report, matcher = compile_and_open([i.item for i in inputs], out, fingerprint=mark, isolated=isolated)
+        isolated, parallel = how
+        report, matcher = compile_and_open(
+            [i.item for i in inputs], out, fingerprint=mark, isolated=isolated, parallel=parallel
+        )
     except (OSError, CompileError) as exc:
         raise ListError("lists", f"cannot compile the lists into {snapshot}: {exc}") from None
     return LoadedLists(matcher, matcher.entry_counts(), where, problems), report
@@ -252,3 +259,31 @@ def _log_skipped(report: CompileReport, where: dict[str, str]) -> None:
                 skipped.sample_line,
                 skipped.sample_reason,
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The state_dir (locked) and the lists, loaded before the server is built (`prepare`)."""
+
+    state: StateDir
+    guard: FileGuard
+    lists: LoadedLists
+
+
+def prepare(config: Config) -> Prepared | None:
+    """What `App.start` loads first, loaded ahead: `filterd serve` runs this in a thread while the rest of filterd is
+    imported, and the server takes it over. The compile runs in a child process (and its helper: compiled.py's
+    `_Part`), so the importing thread keeps the interpreter. None without a state_dir in use (the server then
+    compiles into a private folder itself); raises what `App.start` would (the caller lets the server meet it
+    again, and say it)."""
+    state = open_state(config)
+    if state is None:
+        return None
+    try:
+        snapshot = state.path / SNAPSHOT_NAME
+        guard = FileGuard(snapshot.with_name("files"))
+        lists = load_lists(config.lists, state, snapshot, guard=guard, isolated=True, parallel=True)
+    except BaseException:
+        state.close()
+        raise
+    return Prepared(state, guard, lists)

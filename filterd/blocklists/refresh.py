@@ -53,7 +53,6 @@ __all__ = [
     "examine",
     "first_delay",
     "next_delay",
-    "open_state",
     "shrink_problem",
 ]
 
@@ -183,22 +182,6 @@ async def off_loop(func: Callable[..., T], *args: object) -> T:
     A worker thread for now; a child process would keep a million-name parse off the GIL entirely.
     """
     return await asyncio.get_running_loop().run_in_executor(None, func, *args)
-
-
-def open_state(config: Config) -> StateDir | None:
-    """The locked state_dir when any enabled list has a url, the admin API is on (its token and the local
-    entries live there), or a `querylog` section or safeguarding alerts are configured; None otherwise."""
-    wanted = (
-        config.admin is not None
-        or any(cfg.url and cfg.enabled for cfg in config.lists)
-        or (config.querylog.configured and config.querylog.privacy != "off")  # the query log lives there too
-        or bool(config.safeguarding.alerts)
-    )
-    if not wanted:
-        return None
-    state = StateDir(config.state_dir)
-    state.open()
-    return state
 
 
 class ListRefresher:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filterd.config.schema import Config
 from filterd.errors import FilterdError
 
 log = logging.getLogger(__name__)
@@ -174,3 +175,19 @@ def _read_pid(fd: int) -> int | None:
         return int(text) if text.isdigit() else None
     except OSError:
         return None
+
+
+def open_state(config: Config) -> StateDir | None:
+    """The locked state_dir when any enabled list has a url, the admin API is on (its token and the local
+    entries live there), or a `querylog` section or safeguarding alerts are configured; None otherwise."""
+    wanted = (
+        config.admin is not None
+        or any(cfg.url and cfg.enabled for cfg in config.lists)
+        or (config.querylog.configured and config.querylog.privacy != "off")  # the query log lives there too
+        or bool(config.safeguarding.alerts)
+    )
+    if not wanted:
+        return None
+    state = StateDir(config.state_dir)
+    state.open()
+    return state

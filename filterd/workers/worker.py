@@ -19,7 +19,7 @@ from typing import Any
 from filterd import logs
 from filterd.app import App
 from filterd.blocklists.compiled import CompiledMatcher
-from filterd.blocklists.load import LoadedLists
+from filterd.blocklists.load import LoadedLists, Prepared
 from filterd.querylog.events import RelayEvents
 from filterd.querylog.store import Tail
 from filterd.transport.handler import QueryHandler
@@ -58,7 +58,8 @@ class WorkerApp(App):
         self.channel.send("rows", (rows, dropped))
         return True
 
-    async def start(self) -> None:
+    async def start(self, prepared: Prepared | None = None) -> None:
+        """(`prepared` is the main process's business: a worker maps the snapshot it is told.)"""
         serve = self.served
         self.upstreams = serve.upstreams
         self.local_lists.blocked, self.local_lists.allowed = set(serve.blocked), set(serve.allowed)

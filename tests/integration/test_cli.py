@@ -142,3 +142,59 @@ def test_installed_entry_point() -> None:
     exe = Path(sys.executable).parent / "filterd"
     result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.startswith("filterd ")
+
+
+def test_a_large_list_compiles_while_filterd_starts_and_a_restart_maps_it(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    """`filterd serve` loads the lists while the rest of it is imported (a child process, with a helper for a large
+    list: compiled.py's `_Part`); every name answers as listed, skipped lines are still reported once, and the
+    next start maps the snapshot it left."""
+    names = [f"n{i}.bulk{i % 97}.example" for i in range(240_000)]  # over 4 MB: read by two processes
+    text = "# category: bulk\n" + "\n".join(names) + "\nbad..name\n"
+    (tmp_path / "big.txt").write_text(text)
+    assert len(text) > 4 << 20
+    port = free_port()
+    config = tmp_path / "filterd.yaml"
+    config.write_text(
+        f"dns:\n  listen: ['127.0.0.1:{port}']\n  upstreams: ['{dnsmasq.address}']\n"
+        f"lists:\n  - {{name: big, path: {tmp_path / 'big.txt'}}}\n"
+        f"admin: {{listen: 127.0.0.1:0, token_file: {tmp_path / 'token'}}}\nstate_dir: {tmp_path / 'state'}\n"
+    )
+    for start in ("first", "restart"):
+        proc = subprocess.Popen([*FILTERD, "serve", "-c", str(config)], stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for_dns(port, proc, timeout=60)
+            for name in (names[0], names[len(names) // 2], names[-1], f"x.{names[-7]}"):
+                assert addresses(query(name, "A", port)) == ["127.0.0.1"], (start, name)
+            assert addresses(query("example.org", "A", port)) == ["192.0.2.10"]
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        assert "list big: 240000 names" in err
+        if start == "first":
+            assert err.count("list big: skipped 1 unsupported or invalid lines") == 1, err
+        else:
+            assert "serving the compiled snapshot" in err
+
+
+def test_a_second_filterd_on_the_same_state_dir_says_why(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    state = tmp_path / "state"
+    configs, ports = [], [free_port(), free_port()]
+    for n in range(2):
+        config = tmp_path / f"c{n}.yaml"
+        config.write_text(
+            f"dns:\n  listen: ['127.0.0.1:{ports[n]}']\n  upstreams: ['{dnsmasq.address}']\n"
+            f"admin: {{listen: 127.0.0.1:0, token_file: {tmp_path / f'token{n}'}}}\nstate_dir: {state}\n"
+        )
+        configs.append(config)
+    first = subprocess.Popen([*FILTERD, "serve", "-c", str(configs[0])], stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_dns(ports[0], first)
+        second = subprocess.run([*FILTERD, "serve", "-c", str(configs[1])], capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert f"state_dir {state} is in use by another filterd (pid {first.pid})" in second.stderr, second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=15)
