@@ -508,6 +508,8 @@ class _Part:
                 start = raw.tell()
         except OSError:
             return None
+        if start >= sizes[index]:  # no line end after the first part (one long line, or only \r): one reader
+            return None
         job = {
             "path": str(item.path),
             "start": start,

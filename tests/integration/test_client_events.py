@@ -230,7 +230,7 @@ def test_a_traceback_does_not_begin_with_uvloops_import_error(monkeypatch: pytes
     `ModuleNotFoundError: No module named 'uvloop'`."""
     monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError, installed or not
 
-    async def failing(config: object) -> None:
+    async def failing(config: object, early: object = None) -> None:
         raise RuntimeError("failed while serving")
 
     monkeypatch.setattr(cli, "serve", failing)

@@ -285,7 +285,7 @@ def _parallel_sample(fmt: str, newline: str, n: int = 3000) -> str:
     return "\ufeff" + newline.join(lines) + newline
 
 
-@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r", "mixed"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "mixed"])  # (only \r: one reader, below)
 @pytest.mark.parametrize("fmt", ["domains", "hosts", "adblock", "auto"])
 def test_a_large_list_read_by_two_processes_compiles_to_the_same_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, newline: str
@@ -341,3 +341,25 @@ def test_when_the_helper_cannot_help_this_process_reads_the_rest(
     parallel = tmp_path / "parallel.snapshot"
     compiled.write_snapshot(lists, parallel, "", parallel=True)
     assert parallel.read_bytes() == serial.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a.example\n" * 500 + "last.example", "x" * 5000, "a.example\r" * 500],
+    ids=["no-final-line-end", "one-long-line", "only-cr"],
+)
+def test_where_the_list_cannot_be_split_one_reader_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    from filterd.blocklists import compiled
+
+    (tmp_path / "l.txt").write_text(text, newline="")
+    lists = [ListFile("l", "c", tmp_path / "l.txt", "domains")]
+    serial = tmp_path / "serial.snapshot"
+    report = compiled.write_snapshot(lists, serial, "")
+    monkeypatch.setattr(compiled, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(compiled.os, "cpu_count", lambda: 2)
+    parallel = tmp_path / "parallel.snapshot"
+    assert compiled.write_snapshot(lists, parallel, "", parallel=True) == report
+    assert parallel.read_bytes() == serial.read_bytes()
+    assert report.read["l"] + report.skipped["l"].count >= 1
