@@ -160,7 +160,13 @@ class RunningFilterd:
     def start(self) -> None:
         self.thread.start()
         self.app = App(load_config(self.config_path), **self.app_options)
-        asyncio.run_coroutine_threadsafe(self.app.start(), self.loop).result(15)
+        try:
+            asyncio.run_coroutine_threadsafe(self.app.start(), self.loop).result(15)
+        except BaseException:
+            self.app = None  # (a failed start stopped itself: nothing is listening)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            raise
         # As `filterd serve` does once started (cli.py): what exists now is kept out of the collector's way. Here
         # that is also every object the earlier tests left in this process (hundreds of MB in the whole suite),
         # whose full collection otherwise stalls the server's loop for 0.2-0.4 s at random. (No gc.collect()

@@ -227,3 +227,37 @@ def _children(pid: int) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"filterd.workers.worker" in cmdline:
             out.append(int(entry.name))
     return out
+
+
+def test_a_worker_that_cannot_start_stops_filterd_with_the_reason(
+    start_filterd: Callable[..., RunningFilterd],
+    dnsmasq: Dnsmasq,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from filterd.workers import pool
+
+    port = free_port()
+    monkeypatch.setattr(pool.sys, "executable", "/bin/false")  # a worker that exits at once
+    with pytest.raises(StartupError, match=r"dns.workers: worker 1 exited \(status 1\) before it answered"):
+        start_filterd(config(dnsmasq, tmp_path, port=port))
+    monkeypatch.undo()
+    start_filterd(config(dnsmasq, tmp_path, port=port, workers=1))  # what it had bound was let go
+
+
+def test_a_stalled_worker_does_not_stall_the_metrics(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, tmp_path: Path
+) -> None:
+    server = start_filterd(config(dnsmasq, tmp_path))
+    assert server.app is not None and server.app.workers is not None
+    for i in range(SPREAD):
+        query(f"w{i}.ometv.com", port=server.port)
+    assert server.metric("filterd_queries_total", decision="blocked") == SPREAD  # (the worker's counters, asked)
+    (worker,) = server.app.workers.pids
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert server.metric("filterd_queries_total", decision="blocked") == SPREAD  # its last counters
+        assert time.monotonic() - started < 3
+    finally:
+        os.kill(worker, signal.SIGCONT)
