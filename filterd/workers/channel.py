@@ -7,10 +7,13 @@ passed to it at spawn, never bound to a path).
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import socket
 import struct
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">I")
 #: A message longer than this is a bug or a corrupt stream: the channel is closed instead of allocating it.
@@ -43,13 +46,18 @@ class Channel:
         return self._writer.transport.get_write_buffer_size()
 
     async def receive(self) -> tuple[str, Any] | None:
-        """The next message; None once the other end has closed (or died)."""
+        """The next message; None once the other end has closed (or died), or sent what is not a message (a bug:
+        the channel is then closed, as if it had died)."""
         try:
             (length,) = _LENGTH.unpack(await self._reader.readexactly(_LENGTH.size))
             if length > MAX_MESSAGE:
                 raise ChannelError(f"a message of {length} bytes")
             kind, payload = pickle.loads(await self._reader.readexactly(length))
         except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        except (ChannelError, pickle.UnpicklingError, ValueError, TypeError, EOFError) as exc:
+            log.error("workers: a broken message on a worker's channel (%s); closing it", exc)
+            self.close()
             return None
         return str(kind), payload
 

@@ -112,8 +112,10 @@ class WorkerPool:
         done, pending = await asyncio.wait(futures, timeout=self.start_timeout)
         if pending:
             raise WorkerError(f"dns.workers: a worker did not start within {self.start_timeout:.0f} s")
-        for future in done:
-            future.result()  # its error, if it failed
+        errors = [future.exception() for future in done]  # (each one read: none is left unretrieved)
+        for error in errors:
+            if error is not None:
+                raise error
         self.started = True
         self._export()
 
