@@ -6,7 +6,6 @@ Global options (--config, --verbose) are accepted before or after the subcommand
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import gc
@@ -20,14 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filterd import __version__, logs, systemd
-from filterd.admin_client import AdminClient
 from filterd.config.load import load_config, load_embedded
 from filterd.config.schema import Config
 from filterd.errors import ConfigError, FilterdError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (asyncio, the admin client and the server: imported when used, so that `filterd serve`
+    # starts loading the lists sooner: `start_early`)
+    import asyncio
     from concurrent.futures import Future
 
+    from filterd.admin_client import AdminClient
     from filterd.blocklists.load import Prepared
 
 log = logging.getLogger("filterd")
@@ -159,6 +160,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 async def serve(config: Config, early: Future[Prepared | None] | None = None) -> None:
     """Run until SIGTERM or SIGINT; a clean stop closes every listener. `early`: the lists being loaded meanwhile
     (`start_early`)."""
+    import asyncio
+
     from filterd.app import App  # (the lists are compiling meanwhile: `start_early`)
 
     app = App(config)
@@ -215,6 +218,8 @@ def settle_heap() -> None:
 
 def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     """uvloop's runner when it is installed (a regular dependency wherever it has a wheel), else asyncio's."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -248,6 +253,8 @@ async def _prepared(early: Future[Prepared | None] | None) -> Prepared | None:
     """The early load's result; None when it failed: the server's own load then meets the problem and says it."""
     if early is None:
         return None
+    import asyncio
+
     try:
         return await asyncio.wrap_future(early)
     except Exception as exc:
@@ -280,6 +287,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
+    from filterd.admin_client import AdminClient
+
     return AdminClient.from_config(load(args.config))
 
 

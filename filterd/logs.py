@@ -8,14 +8,18 @@ interval, so a flood of them is one line a minute, not one a packet.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client import Counter
+if TYPE_CHECKING:  # (imported when used: `filterd serve` starts loading the lists before them)
+    import asyncio
+
+    from prometheus_client import Counter
+
 
 log = logging.getLogger("filterd.clients")
 
@@ -126,6 +130,8 @@ class ClientEvents:
         if event in self._timers:
             return
         try:
+            import asyncio
+
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop: the count goes out with the next line of this kind, or at flush()
