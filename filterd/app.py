@@ -65,7 +65,7 @@ from filterd.pipeline.safesearch import SafeSearchRules, SafeSearchStage, shippe
 from filterd.pipeline.upstream import UpstreamResolver, upstreams_for
 from filterd.portholder import describe as describe_holders
 from filterd.portholder import find_holders
-from filterd.querylog.events import QueryEvents
+from filterd.querylog.events import QueryEvents, Row
 from filterd.querylog.record import Privacy
 from filterd.querylog.report import Report
 from filterd.querylog.report import build as build_report
@@ -88,7 +88,7 @@ from filterd.web.dashboard import devices_by_group
 from filterd.web.metrics import metrics_app
 from filterd.web.runner import HttpRunner
 from filterd.workers.merge import Exported
-from filterd.workers.pool import Row, Serve, WorkerError, WorkerPool, worker_config
+from filterd.workers.pool import Serve, WorkerError, WorkerPool, worker_config
 
 if TYPE_CHECKING:  # (cryptography and hypercorn cost 12 MB and 0.1 s to import: only when DoT/DoH or HTTPS is on)
     from filterd.tls.leaves import Certificates

@@ -172,7 +172,7 @@ def load_lists(
     candidates = [i for i in inputs if i.version is not None and i.version.candidate]
     try:
         loaded, report = _load(
-            inputs, pending if candidates else snapshot, current, (isolated, parallel), where, snapshot
+            inputs, pending if candidates else snapshot, current, isolated, parallel, where, snapshot
         )
         if report is None:  # the lists in use, or the snapshot on disk: these versions passed once already
             for i in candidates:
@@ -192,7 +192,7 @@ def load_lists(
             loaded.matcher.close()
             inputs = [_replaced(i, failed[i.cfg.name], empty) if i.cfg.name in failed else i for i in inputs]
             candidates = [i for i in inputs if i.version is not None and i.version.candidate]
-            loaded, report = _load(inputs, snapshot, current, (isolated, parallel), where, snapshot)
+            loaded, report = _load(inputs, snapshot, current, isolated, parallel, where, snapshot)
         elif candidates:
             os.replace(pending, snapshot)  # the mapping stays valid: it follows the file
             loaded.matcher.path = snapshot
@@ -218,7 +218,8 @@ def _load(
     inputs: Sequence[_Input],
     out: Path,
     current: CompiledMatcher | None,
-    how: tuple[bool, bool | None],
+    isolated: bool,
+    parallel: bool | None,
     where: dict[str, str],
     snapshot: Path,
 ) -> tuple[LoadedLists, CompileReport | None]:
@@ -239,7 +240,6 @@ def _load(
                 return LoadedLists(mapped, mapped.entry_counts(), where, problems), None
             mapped.close()
     try:
-        isolated, parallel = how
         report, matcher = compile_and_open(
             [i.item for i in inputs], out, fingerprint=mark, isolated=isolated, parallel=parallel
         )

@@ -21,6 +21,8 @@ _DECISION_TEXT: dict[Decision, str] = {
     d: d.value for d in Decision if d not in (Decision.RATELIMITED, Decision.DROPPED)
 }
 _BLOCKED = _DECISION_TEXT[Decision.BLOCKED]
+#: One answer as a worker relays it (`RelayEvents`, `QueryEvents.replay`): client, log tail, time, milliseconds.
+Row = tuple[str, Tail, float, float]
 
 
 class QueryEvents:
@@ -47,9 +49,7 @@ class QueryEvents:
         group = "" if query.group is None else query.group.name
         querylog = self.querylog
         if querylog is not None:
-            received = query.received
-            ms = (time.perf_counter() - received) * 1000 if received else 0.0
-            querylog.log(query.client_ip, log_tail(group, query.question, answer), self.clock(), ms)
+            querylog.log(query.client_ip, log_tail(group, query.question, answer), self.clock(), answer_ms(query))
         if decision is Decision.BLOCKED and self.engine is not None:
             self._observe(query.client_ip, group, query.question.qname, answer)
 
@@ -57,17 +57,12 @@ class QueryEvents:
         """A packet-cache hit (`fastpath.py`): the entry keeps its log tail, made at its first hit."""
         querylog = self.querylog
         if querylog is not None:
-            tail = entry.logged
-            if tail is None:
-                tail = entry.logged = log_tail(
-                    "" if entry.group is None else entry.group.name, entry.question, entry.answer
-                )
-            querylog.log(client_ip, tail, self.clock())
+            querylog.log(client_ip, entry_tail(entry), self.clock())
         if self.engine is not None and entry.answer.decision is Decision.BLOCKED:
             group = "" if entry.group is None else entry.group.name
             self._observe(client_ip, group, entry.question.qname, entry.answer)
 
-    def replay(self, rows: Iterable[tuple[str, Tail, float, float]]) -> None:
+    def replay(self, rows: Iterable[Row]) -> None:
         """Answers a worker process gave (`filterd/workers/`), as (client, log tail, time, ms): logged and counted
         for the alerts here, as if this process had given them."""
         querylog, engine = self.querylog, self.engine
@@ -84,6 +79,20 @@ class QueryEvents:
         alerts = self.engine.observe(client_ip, group, name, answer.category, answer.reason)
         if alerts:
             self.on_alerts(alerts)
+
+
+def answer_ms(query: Query) -> float:
+    """How long a forwarded answer took, for the log (0 for one given at once)."""
+    received = query.received
+    return (time.perf_counter() - received) * 1000 if received else 0.0
+
+
+def entry_tail(entry: Entry) -> Tail:
+    """A packet-cache entry's log tail, made at its first logged hit and kept on it."""
+    tail = entry.logged
+    if tail is None:
+        tail = entry.logged = log_tail("" if entry.group is None else entry.group.name, entry.question, entry.answer)
+    return tail
 
 
 def log_tail(group: str, question: Question, answer: Answer) -> Tail:
@@ -110,12 +119,10 @@ class RelayEvents(QueryEvents):
     and counts it for the alerts (`QueryEvents.replay`). `send(rows, dropped)` returns False when the main process
     is not keeping up (the batch is then dropped and counted)."""
 
-    def __init__(
-        self, send: Callable[[list[tuple[str, Tail, float, float]], int], bool], clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, send: Callable[[list[Row], int], bool], clock: Callable[[], float] = time.time) -> None:
         super().__init__(None, None, lambda alerts: None, clock)
         self.send = send
-        self.rows: list[tuple[str, Tail, float, float]] = []
+        self.rows: list[Row] = []
         self.dropped = 0
         self._due = False
 
@@ -127,18 +134,12 @@ class RelayEvents(QueryEvents):
         if answer.decision not in _DECISION_TEXT:
             return
         group = "" if query.group is None else query.group.name
-        received = query.received
-        ms = (time.perf_counter() - received) * 1000 if received else 0.0
-        self._add((query.client_ip, log_tail(group, query.question, answer), self.clock(), ms))
+        self._add((query.client_ip, log_tail(group, query.question, answer), self.clock(), answer_ms(query)))
 
     def hit(self, entry: Entry, client_ip: str) -> None:
-        tail = entry.logged
-        if tail is None:
-            group = "" if entry.group is None else entry.group.name
-            tail = entry.logged = log_tail(group, entry.question, entry.answer)
-        self._add((client_ip, tail, self.clock(), 0.0))
+        self._add((client_ip, entry_tail(entry), self.clock(), 0.0))
 
-    def _add(self, row: tuple[str, Tail, float, float]) -> None:
+    def _add(self, row: Row) -> None:
         rows = self.rows
         if len(rows) >= RELAY_MAX_ROWS:
             self.dropped += 1

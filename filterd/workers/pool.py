@@ -19,14 +19,12 @@ from filterd.config.schema import Config, Endpoint
 from filterd.errors import FilterdError
 from filterd.metrics import Metrics
 from filterd.pipeline.ddr import Designation
-from filterd.querylog.store import Tail
+from filterd.querylog.events import Row
 from filterd.workers.channel import Channel
 from filterd.workers.merge import Exported
 
 log = logging.getLogger(__name__)
 
-#: One answer as a worker relays it for the query log and the alerts: client, log tail, time, milliseconds.
-Row = tuple[str, Tail, float, float]
 #: Environment a worker must not inherit: systemd's notify socket (only the main process says READY=1) and
 #: socket activation.
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")

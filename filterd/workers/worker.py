@@ -20,8 +20,7 @@ from filterd import logs
 from filterd.app import App
 from filterd.blocklists.compiled import CompiledMatcher
 from filterd.blocklists.load import LoadedLists, Prepared
-from filterd.querylog.events import RelayEvents
-from filterd.querylog.store import Tail
+from filterd.querylog.events import RelayEvents, Row
 from filterd.transport.handler import QueryHandler
 from filterd.workers.channel import Channel
 from filterd.workers.merge import export
@@ -52,7 +51,7 @@ class WorkerApp(App):
         self.reuse_port = self.join_port = True
         self.relay = RelayEvents(self._send_rows)
 
-    def _send_rows(self, rows: list[tuple[str, Tail, float, float]], dropped: int) -> bool:
+    def _send_rows(self, rows: list[Row], dropped: int) -> bool:
         if self.channel.backlog() > _MAX_BACKLOG:
             return False
         self.channel.send("rows", (rows, dropped))
