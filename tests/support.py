@@ -20,6 +20,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import pytest
 
 from filterd.app import App
 from filterd.config.load import load_config
@@ -135,6 +136,15 @@ def udp_raw(port: int, packet: bytes, timeout: float = 1.0) -> bytes | None:
             return sock.recv(65535)
         except TimeoutError:
             return None
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 10) -> None:
+    """Poll `check` until it is true; fail the test naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def ede(msg: dns.message.Message) -> list[tuple[int, str]]:

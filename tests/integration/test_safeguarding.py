@@ -16,7 +16,7 @@ import dns.query
 import pytest
 
 from filterd.querylog.report import build, render_html, render_text
-from tests.support import Dnsmasq, RunningFilterd, free_port
+from tests.support import Dnsmasq, RunningFilterd, free_port, wait_for
 
 
 class Clock:
@@ -115,14 +115,6 @@ safeguarding:
     email: {{smtp: "127.0.0.1:{smtp}", starttls: false, from: filterd@home.example, to: [parent@home.example]}}
   quiet: 1h
 """
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_repeated_attempts_make_one_clear_alert_by_webhook_and_email(

@@ -20,7 +20,7 @@ import dns.rcode
 import pytest
 
 from filterd.app import StartupError
-from tests.support import Dnsmasq, RunningFilterd, addresses, free_port, query
+from tests.support import Dnsmasq, RunningFilterd, addresses, free_port, query, wait_for
 
 #: Queries sent to see every process answer: with two processes, the chance that all of them land on one is 2^-N.
 SPREAD = 40
@@ -49,14 +49,6 @@ def own_answers(server: RunningFilterd) -> int:
     """Queries the main process answered itself (its own counters, before the workers' are added)."""
     assert server.app is not None
     return sum(server.app.metrics.queries.counts.values())
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_every_process_answers_and_the_metrics_count_them_all(
