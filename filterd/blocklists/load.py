@@ -30,7 +30,8 @@ from filterd.errors import ListError
 log = logging.getLogger(__name__)
 
 SNAPSHOT_NAME = "lists.snapshot"
-_FORMAT_VERSION = 3  # 2: brand rules and name patterns in the snapshot; 3: public suffixes refused, file versions
+_FORMAT_VERSION = 4  # 2: brand rules and name patterns in the snapshot; 3: public suffixes refused, file versions;
+# 4: exceptions counted per list
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,19 +98,26 @@ names = st.from_regex(r"[a-c]{1,2}(\.[a-c]{1,2}){0,2}", fullmatch=True)
     st.lists(st.tuples(st.sampled_from(["", "*.", "||", "@@||", "|"]), names), max_size=12),
     st.lists(st.tuples(st.sampled_from(["", "*."]), names), max_size=8),
     st.lists(names, max_size=20),
+    st.booleans(),
+    st.sampled_from([None, frozenset({"one"}), frozenset({"two"}), frozenset({"one", "two"}), frozenset()]),
 )
 def test_property_same_as_matcher(
     tmp_path_factory: pytest.TempPathFactory,
     adblock: list[tuple[str, str]],
     domains: list[tuple[str, str]],
     queries: list[str],
+    domains_first: bool,
+    lists: frozenset[str] | None,
 ) -> None:
+    """Either list first (a list without exceptions first: the listed name's own block ends the lookup), and for
+    a group's lists as well as all of them."""
     tmp = tmp_path_factory.mktemp("p")
     ab_text = "".join(f"{p}{n}{'^' if p in ('||', '@@||', '|') else ''}\n" for p, n in adblock)
     d_text = "".join(f"{p}{n}\n" for p, n in domains)
-    matcher, compiled = _both(tmp, [("one", "adblock", ab_text), ("two", "domains", d_text)])
+    files = [("one", "adblock", ab_text), ("two", "domains", d_text)]
+    matcher, compiled = _both(tmp, files[::-1] if domains_first else files)
     for q in queries:
-        assert compiled.match(q) == matcher.match(q), q
+        assert compiled.match(q, lists) == matcher.match(q, lists), q
     assert compiled.entry_counts() == matcher.entry_counts()
 
 
