@@ -23,7 +23,7 @@ FILES = {
     "c": "c: mix 10% blocked / 85% hits / 5% misses",
     "d": "d: 100% misses (forwarded)",
 }
-ORDER = ("filterd", "dnsmasq", "unbound")
+ORDER = ("filterd", "dnsmasq", "unbound", "floor")
 #: The list store's targets (the issue): bytes a name above filterd with no list, load seconds, reload peak.
 TARGET_BYTES_PER_NAME = 24
 TARGET_LOAD_S = 3.0
@@ -85,6 +85,12 @@ def render(r: dict[str, Any]) -> str:
         f"- dnsmasq {v.get('dnsmasq', '?')} (`addn-hosts`), unbound {v.get('unbound', '?')} (1 thread, "
         f"`local-zone: always_null`), upstream {upstream} {v.get(upstream, '')}, dnsperf {v.get('dnsperf', '?')}"
     )
+    if "floor" in servers:
+        out.append(
+            "- floor: `bench/floor.py`, the least a Python server on the same event loop does (the names in a set, "
+            "replies kept by the question's bytes, misses forwarded; no groups, allow or local entries, bypass "
+            "checks, EDNS, TTLs, counting or log): filterd / floor is filterd's share of what Python allows here"
+        )
     out.append(
         f"- {s.get('names', 0):,} names; repetitions: {s.get('reps', '?')}; throughput: {s.get('seconds', '?')} s "
         f"runs of `dnsperf {s.get('tput_args', '')}`; latency: {s.get('lat_seconds', '?')} s runs at "

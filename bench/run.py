@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""filterd's benchmark: filterd beside dnsmasq and unbound, same list, same upstream, same machine, same run.
+"""filterd's benchmark: filterd beside dnsmasq and unbound, same list, same upstream, same machine, same run; and
+beside the Python floor (floor.py: the least a Python server on the same event loop does for a query).
 
     python3 bench/run.py [--smoke] [--out DIR] [--reps N] [--seconds S] [--work DIR] [--python PY]
 
@@ -553,6 +554,20 @@ def server_cmd(ctx: Ctx, kind: str, port: int, with_list: bool, state: Path | No
         return ["dnsmasq", "--keep-in-foreground", "--conf-file=" + str(dnsmasq_config(ctx, port, with_list))]
     if kind == "unbound":
         return ["unbound", "-d", "-c", str(unbound_config(ctx, port, with_list))]
+    if kind == "floor":
+        listed = ["--list", str(ctx.data / "blocklist.domains")] if with_list else []
+        upstream = f"{HOST}:{ctx.upstream_port}"
+        return [
+            ctx.python,
+            str(HERE / "floor.py"),
+            "--addr",
+            HOST,
+            "--port",
+            str(port),
+            *listed,
+            "--upstream",
+            upstream,
+        ]
     raise ValueError(kind)
 
 
@@ -791,6 +806,8 @@ def _new_text(path: Path, offset: int) -> str:
 
 def measure_reload(ctx: Ctx, proc: Proc, load_s: float) -> dict[str, Any]:
     """The list file changes (a comment appended), then SIGHUP; memory sampled every 20 ms during the reload."""
+    if proc.name == "floor":
+        return {"status": "n/a", "why": "a benchmark reference: no reload"}
     if not catches(proc.pid, signal.SIGHUP):
         # The default action of SIGHUP is to end the process: not sent.
         return {"status": "n/a", "why": "SIGHUP not handled (reload not implemented yet)"}
@@ -875,7 +892,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lat-seconds", type=int, help="seconds per latency run (default 10; smoke 1)")
     ap.add_argument("--lat-rate", type=int, default=LAT_RATE, help="offered queries/s of the latency runs")
     ap.add_argument("--names", type=int, help="names in the list (default 1,000,000; smoke 20,000)")
-    ap.add_argument("--servers", help="comma list of filterd,dnsmasq,unbound (default: those installed)")
+    ap.add_argument(
+        "--servers",
+        help="comma list of filterd,dnsmasq,unbound,floor (default: those installed; floor.py but in smoke)",
+    )
     ap.add_argument("--python", help="a Python with filterd installed; skips the venv (and its [fast] extra)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     ap.add_argument("--upstream", choices=("auto", "nsd", "dnsmasq"), default="auto", help="auto: nsd if installed")
@@ -948,10 +968,11 @@ def main(argv: list[str] | None = None) -> int:
             kinds = a.servers.split(",")
         else:  # the smoke run leaves unbound out: it only has to show that the harness works
             kinds = ["filterd", "dnsmasq"] + (["unbound"] if shutil.which("unbound") and not a.smoke else [])
+            kinds += [] if a.smoke else ["floor"]
         for kind in kinds:
-            if kind not in ("filterd", "dnsmasq", "unbound"):
+            if kind not in ("filterd", "dnsmasq", "unbound", "floor"):
                 raise BenchError(f"unknown server {kind!r}")
-            if kind != "filterd" and shutil.which(kind) is None:
+            if kind not in ("filterd", "floor") and shutil.which(kind) is None:
                 raise BenchError(f"{kind} is not installed")
         results["machine"] = machine()
         results["versions"] = tool_versions(python)
