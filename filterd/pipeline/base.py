@@ -49,6 +49,9 @@ class Query:
     received: float = 0.0
     #: False: a load balancer's own health check (a LOCAL PROXY header), kept out of the query log and alerts.
     logged: bool = True
+    #: True: the policy stage's decision for this query is already made, and it is "not blocked" (the packet
+    #: cache's quick check, `transport/fastpath.py`, made it a moment ago); the policy stage does not decide again.
+    policy_passed: bool = False
 
 
 class Answer(NamedTuple):

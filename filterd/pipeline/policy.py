@@ -93,7 +93,12 @@ class PolicyStage(PassThrough):
         return self.replies.reply(query.question, entry, match.list)
 
     def answer_now(self, query: Query) -> Answer | None:
+        if query.policy_passed:
+            return None
         match = self.decide(query.question.qname, query.group)
         if match is None:
             return None
+        return self.blocked(query, match)
+
+    def blocked(self, query: Query, match: Match) -> Answer:
         return Answer(self.reply(query, match), Decision.BLOCKED, match.list, category=match.category)

@@ -35,15 +35,18 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from filterd.dns.response import Response
-from filterd.dns.wire import Question
+from filterd.dns.wire import DO_BIT, Edns, Question, name_text
 from filterd.groups.model import Group
 from filterd.pipeline.access import AccessStage
 from filterd.pipeline.base import Answer, Decision, Pipeline, Query
 from filterd.pipeline.cache import CacheEntry, CacheStage, DnsCache, cache_key
 from filterd.pipeline.client import ClientStage
+from filterd.pipeline.policy import PolicyStage
 from filterd.pipeline.ratelimit import LIMITED, RateLimitStage
 
 _TTL = struct.Struct("!I")
+_HH = struct.Struct("!HH")
+_OPT_FIXED = struct.Struct("!HIH")  # the OPT's UDP size, TTL (extended rcode, version, DO), RDLENGTH
 #: The packet cache holds at most this many replies (or the answer cache's size, if larger); the oldest go first.
 MIN_SIZE = 1024
 #: an = 0, ns = 0, ar = 1: a query whose only extra record is (at most) its OPT
@@ -76,6 +79,43 @@ def packet_key(data: bytes, group: bytes) -> tuple[bytes, int] | None:
     if data[6:12] == _OPT_ONLY and extra[:3] == _OPT_HEAD and size >= 11 and (extra[9] << 8 | extra[10]) == size - 11:
         extra = extra[:9]  # the OPT's fixed fields (UDP size, extended rcode, version, DO); not its options
     return b"".join((group, data[2:12], data[12:i].lower(), data[i:qend], extra)), qend
+
+
+#: qd = 1, an = 0, ns = 0
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
+
+
+def quick_question(data: bytes, qend: int) -> Question | None:
+    """The question of a query `packet_key` keyed (`qend`: the offset past its question), read as
+    `wire.parse_query` reads it, when the query has the usual shape: a QUERY with one question, nothing else but
+    an EDNS version 0 OPT, a name of at most 255 bytes. None for anything else: `wire.parse_query` then reads
+    it, and answers or drops what is wrong with it."""
+    if data[2] & 0xF8 or data[4:10] != _ONE_QUESTION:  # QR and the opcode; the counts
+        return None
+    end = qend - 5  # the root label
+    if end - 12 > 254:
+        return None  # too long a name: FORMERR from the full parse
+    size = len(data)
+    if size == qend:
+        if data[10:12] != b"\x00\x00":
+            return None
+        edns = None
+    else:
+        if data[10:12] != b"\x00\x01" or data[qend : qend + 3] != _OPT_HEAD or size < qend + 11:
+            return None
+        udp_size, ttl, rdlength = _OPT_FIXED.unpack_from(data, qend + 3)
+        if qend + 11 + rdlength != size or ttl & 0xFF0000:
+            return None  # not the OPT alone; or an EDNS version other than 0 (BADVERS from the full parse)
+        edns = Edns(udp_size, bool(ttl & DO_BIT), 0, data[qend + 11 :])
+    labels = []
+    i = 12
+    while i < end:
+        length = data[i]
+        i += length + 1
+        labels.append(data[i - length : i])
+    qid, flags = _HH.unpack_from(data)
+    qtype, qclass = _HH.unpack_from(data, end + 1)
+    return Question(qid, flags, name_text(labels), qtype, qclass, data[12:qend], edns, qend)
 
 
 @dataclass(slots=True)
@@ -120,13 +160,24 @@ class PacketCache:
         self.access: AccessStage | None = None
         self.ratelimit: RateLimitStage | None = None
         self.client: ClientStage | None = None
+        #: The policy stage and the `answer_now` of the stages before it that this class does not stand in for
+        #: (DDR, the bypass signals, the local names): `quick`'s checks.
+        self.policy: PolicyStage | None = None
+        checks = []
         for stage in pipeline.stages:
             if isinstance(stage, AccessStage):
                 self.access = stage
             elif isinstance(stage, RateLimitStage):
                 self.ratelimit = stage
-            elif isinstance(stage, ClientStage) and stage.groups:
-                self.client = stage
+            elif isinstance(stage, ClientStage):
+                if stage.groups:
+                    self.client = stage
+            elif isinstance(stage, PolicyStage):
+                self.policy = stage
+                break
+            elif not isinstance(stage, CacheStage):
+                checks.append(stage.answer_now)
+        self._checks = tuple(checks)
         self._prefix: dict[int, bytes] = {}
         #: The keys of blocked answers given once lately (at most `size`, then forgotten together): a blocked reply
         #: is kept at its second answer, so a name asked once (most of a file of new names, every name of a
@@ -134,8 +185,10 @@ class PacketCache:
         #: are asked again.
         self.once: set[bytes] = set()
         self.hits = 0
-        #: Set by `lookup` when it keyed the query but had no answer: (key, question end), for `store`.
+        #: Set by `lookup` when it keyed the query but had no answer: (key, question end), for `store`; and the
+        #: client's group, for `quick`.
         self.missed: tuple[bytes, int] | None = None
+        self.missed_group: Group | None = None
 
     @classmethod
     def of(cls, pipeline: Pipeline) -> PacketCache | None:
@@ -170,6 +223,7 @@ class PacketCache:
         entry = self.entries.get(key)
         if entry is None or entry.group is not group:
             self.missed = keyed
+            self.missed_group = group
             return None
         cached = entry.cached
         if cached is not None:
@@ -186,6 +240,36 @@ class PacketCache:
             self.cache.hits += 1
         self.hits += 1
         return b"".join((data[:2], entry.head, data[12 : entry.qend], entry.tail)), entry
+
+    def quick(self, data: bytes, client_ip: str, protocol: str, logged: bool) -> tuple[Query, Answer | None] | None:
+        """After `lookup` missed: a name the lists block, answered without the full parse or the stages that
+        cannot answer for it. Returns the query and its blocked answer; or the query and None, for the slow path
+        to go on with (the policy's decision made, if it was); or None (not the usual shape: the full parse).
+
+        What the stages before the policy would do for a blocked name: access and the group were settled by
+        `lookup`; the rate limit takes its token here; the cache never holds an answer for a name the lists block
+        now (it keeps only answers that passed, and is cleared whenever the lists, local entries, allow list
+        or schedules change); DDR, the bypass signals and the local names are asked as they are (any answer
+        from them: the slow path gives it)."""
+        policy = self.policy
+        missed = self.missed
+        if policy is None or missed is None:
+            return None
+        q = quick_question(data, missed[1])
+        if q is None:
+            return None
+        group = self.missed_group
+        query = Query(data, q, client_ip, protocol, group, logged=logged)
+        for answer_now in self._checks:
+            if answer_now(query) is not None:
+                return query, None
+        match = policy.decide(q.qname, group)
+        if match is None:
+            query.policy_passed = True
+            return query, None
+        if protocol in LIMITED and self.ratelimit is not None and not self._take(client_ip):
+            return query, None  # over the rate: the slow path slips, drops or refuses it
+        return query, policy.blocked(query, match)
 
     def _take(self, client_ip: str) -> bool:
         """Take a token from the client network's bucket if it has one; False (nothing taken) if it has none."""

@@ -42,6 +42,7 @@ class QueryHandler:
             self.fast = PacketCache.of(self.pipeline)
             self._fast_for = self.pipeline
         fast = self.fast
+        query: Query | None = None
         if fast is not None:
             hit = fast.lookup(data, client_ip, protocol)
             if hit is not None:
@@ -54,21 +55,33 @@ class QueryHandler:
                 if self.events is not None and logged:
                     self.events.hit(entry, client_ip)
                 return reply
-        try:
-            q = wire.parse_query(data)
-        except wire.BadVersion as exc:
-            return self._count(wire.build_reply(exc.question, wire.BADVERS), protocol, exc.question.qtype)
-        except wire.WireError as exc:
-            if exc.rcode is None:
-                self.dropped += 1
-                return None
-            return self._count(wire.error_reply(data, exc.rcode), protocol, 0)
-        query = Query(data, q, client_ip, protocol, logged=logged)
+            if fast.missed is not None:
+                try:
+                    quick = fast.quick(data, client_ip, protocol, logged)
+                except Exception:
+                    quick = None  # (the slow path meets the same problem, and says so)
+                if quick is not None:
+                    query, answer = quick
+                    if answer is not None:
+                        fast.store(query, answer)
+                        return self.finish(answer, query)
+        if query is None:
+            try:
+                q = wire.parse_query(data)
+            except wire.BadVersion as exc:
+                return self._count(wire.build_reply(exc.question, wire.BADVERS), protocol, exc.question.qtype)
+            except wire.WireError as exc:
+                if exc.rcode is None:
+                    self.dropped += 1
+                    return None
+                return self._count(wire.error_reply(data, exc.rcode), protocol, 0)
+            query = Query(data, q, client_ip, protocol, logged=logged)
         try:
             answer = self.pipeline.answer_now(query)
         except Exception:
+            q = query.question
             log.exception("error answering %s %s", q.qname, q.qtype)
-            answer = Answer(wire.build_reply(q, wire.SERVFAIL), Decision.ERROR, "internal error")
+            answer = Answer(wire.build_reply(query.question, wire.SERVFAIL), Decision.ERROR, "internal error")
         if answer is not None:
             if fast is not None and fast.missed is not None:
                 fast.store(query, answer)

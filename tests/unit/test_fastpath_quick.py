@@ -1,0 +1,232 @@
+"""The packet cache's quick check of a new name (`PacketCache.quick`, `fastpath.quick_question`): a name the lists
+block is answered without the full parse and the stages that cannot answer for it, and the answer is exactly the
+slow path's, byte for byte, for every kind of name, type, EDNS, client group and blocking mode."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import dns.edns
+import dns.message
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from filterd.app import App
+from filterd.config.load import load_config
+from filterd.dns import wire
+from filterd.metrics import Metrics
+from filterd.transport.fastpath import packet_key, quick_question
+from filterd.transport.handler import QueryHandler
+
+# --- the question, read quickly ---------------------------------------------------------------------------------
+
+
+def _query(name: str, rdtype: str = "A", **kw: object) -> bytes:
+    q = dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+    q.id = 4242
+    return q.to_wire()
+
+
+def _quick(data: bytes) -> wire.Question | None:
+    keyed = packet_key(data, b"\x00\x00")
+    return None if keyed is None else quick_question(data, keyed[1])
+
+
+PADDING = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\x00" * 8)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        _query("Chat.Example"),
+        _query("chat.example", "AAAA", use_edns=0),
+        _query("chat.example", "HTTPS", use_edns=0, want_dnssec=True, payload=4096),
+        _query("chat.example", "A", use_edns=0, options=[PADDING]),
+        _query("."),
+        _query("a\\.b.example"),  # a dot inside a label: escaped in the text, as the full parse escapes it
+        _query("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61),  # 255 bytes
+    ],
+)
+def test_the_usual_queries_are_read_quickly_and_as_the_full_parse_reads_them(packet: bytes) -> None:
+    quick = _quick(packet)
+    assert quick is not None
+    assert quick == wire.parse_query(packet)
+
+
+def test_the_rest_is_left_to_the_full_parse() -> None:
+    plain = bytearray(_query("chat.example"))
+    response = bytes([*plain[:2], plain[2] | 0x80, *plain[3:]])
+    notify = bytes([*plain[:2], plain[2] | 0x20, *plain[3:]])  # opcode 4
+    badvers = bytearray(_query("chat.example", use_edns=0))
+    badvers[-5] = 1  # the OPT's version
+    two_opts = _query("chat.example", use_edns=0)
+    two_opts = two_opts[:11] + b"\x02" + two_opts[12:] + two_opts[-11:]
+    trailing = bytes(plain) + b"\x00"
+    for packet in (response, notify, bytes(badvers), two_opts, trailing):
+        assert _quick(packet) is None, packet
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.data())
+def test_a_quick_read_is_the_full_parse_or_nothing(data: st.DataObject) -> None:
+    """Mutated queries (flipped, cut and inserted bytes): whenever the quick read gives a question, it is the
+    one the full parse gives."""
+    rdtype = data.draw(st.sampled_from(["A", "AAAA", "TXT", "HTTPS", "ANY"]))
+    edns = data.draw(st.sampled_from([None, 0]))
+    packet = bytearray(_query(data.draw(st.sampled_from(["chat.example", "a.b.c", "x"])), rdtype, use_edns=edns))
+    for _ in range(data.draw(st.integers(0, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        position = data.draw(st.integers(0, max(len(packet) - 1, 0)))
+        if op == "flip" and packet:
+            packet[position] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del packet[position:]
+        else:
+            packet[position:position] = data.draw(st.binary(min_size=1, max_size=8))
+    raw = bytes(packet)
+    if len(raw) < 12:
+        return
+    quick = _quick(raw)
+    if quick is None:
+        return
+    assert quick == wire.parse_query(raw)
+
+
+# --- the whole handler: the quick check against the slow path ---------------------------------------------------
+
+LIST = """\
+chat.example
+*.wild.example
+use-application-dns.net
+mask.icloud.com
+localhost
+printer.lan
+ok.chat.example
+"""
+
+
+@contextlib.asynccontextmanager
+async def _app(tmp_path: Path, mode: str) -> AsyncIterator[App]:
+    (tmp_path / "chat.txt").write_text(LIST)
+    config = tmp_path / "filterd.yaml"
+    config.write_text(f"""
+dns:
+  listen: ["127.0.0.1:0"]
+  upstreams: ["127.0.0.1:9"]
+  records: {{printer.lan: 192.168.1.9}}
+state_dir: {tmp_path / "state"}
+lists:
+  - {{name: chat, path: chat.txt}}
+allow: [ok.chat.example]
+blocking: {{mode: "{mode}"}}
+groups:
+  - {{name: children, clients: [127.0.0.2], lists: [chat], block: [games.example]}}
+  - {{name: adults, clients: [127.0.0.3], lists: []}}
+""")
+    app = App(load_config(config))
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+def _handler(app: App) -> QueryHandler:
+    assert app.handler is not None
+    return app.handler
+
+
+def _answer(handler: QueryHandler, packet: bytes, client: str) -> bytes | None:
+    """The reply given at once, or None when the query went on to the upstream (which is never asked)."""
+    result = handler.handle(packet, client, "udp")
+    if inspect.isawaitable(result):
+        result.close()  # type: ignore[attr-defined]
+        return None
+    return result
+
+
+NAMES = [
+    "chat.example",
+    "Www.Chat.EXAMPLE",
+    "ok.chat.example",
+    "x.ok.chat.example",
+    "a.wild.example",
+    "wild.example",
+    "games.example",
+    "use-application-dns.net",
+    "mask.icloud.com",
+    "localhost",
+    "x.localhost",
+    "printer.lan",
+    "nothing.example",
+    "_dns.resolver.arpa",
+    "1.0.168.192.in-addr.arpa",
+]
+TYPES = ["A", "AAAA", "HTTPS", "TXT", "ANY", "SVCB", "PTR", "AXFR"]
+
+
+@pytest.mark.parametrize("mode", ["sinkhole", "null", "nxdomain", "refused"])
+async def test_every_quick_answer_is_the_slow_paths_answer(tmp_path: Path, mode: str) -> None:
+    async with _app(tmp_path, mode) as app:
+        quick = _handler(app)
+        assert quick.fast is not None and quick.fast.policy is not None
+        slow = QueryHandler(quick.pipeline, Metrics(CollectorRegistry(), "slow"))
+        slow.fast = None
+        answered = 0
+        for client in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+            for name in NAMES:
+                for rdtype in TYPES:
+                    for kw in ({}, {"use_edns": 0}, {"use_edns": 0, "want_dnssec": True}):
+                        packet = _query(name, rdtype, **kw)
+                        for _ in range(3):  # new, remembered once, then kept by the packet cache
+                            expected = _answer(slow, packet, client)
+                            assert _answer(quick, packet, client) == expected, (client, name, rdtype, kw)
+                            answered += expected is not None
+        assert answered > 1000
+
+
+async def test_a_new_blocked_name_takes_no_full_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[bytes] = []
+    full_parse = wire.parse_query
+
+    def counting(data: bytes) -> wire.Question:
+        parsed.append(data)
+        return full_parse(data)
+
+    monkeypatch.setattr(wire, "parse_query", counting)  # (the handler calls it as wire.parse_query)
+    async with _app(tmp_path, "sinkhole") as app:
+        for i in range(20):
+            reply = _answer(_handler(app), _query(f"n{i}.chat.example", use_edns=0), "127.0.0.1")
+            assert reply is not None and dns.message.from_wire(reply).answer
+        assert parsed == []
+        # a local name, a bypass signal and a name that is not blocked go the slow way, with the quick question
+        for name in ("localhost", "use-application-dns.net"):
+            assert _answer(_handler(app), _query(name), "127.0.0.1") is not None
+        assert _answer(_handler(app), _query("nothing.example"), "127.0.0.1") is None
+        assert parsed == []
+        # an odd query (two questions' worth of header) is read by the full parse, which answers FORMERR
+        odd = bytearray(_query("chat.example"))
+        odd[5] = 2
+        reply = _answer(_handler(app), bytes(odd), "127.0.0.1")
+        assert reply is not None and reply[3] & 0xF == wire.FORMERR and len(parsed) == 1
+
+
+async def test_a_name_passed_by_the_quick_check_is_not_judged_again(tmp_path: Path) -> None:
+    async with _app(tmp_path, "sinkhole") as app:
+        policy = app.policy
+        assert policy is not None
+        decided: list[str] = []
+        decide = policy.decide
+
+        def counting(qname: str, group: object = None) -> object:
+            decided.append(qname)
+            return decide(qname, group)  # type: ignore[arg-type]
+
+        policy.decide = counting  # type: ignore[assignment,method-assign]
+        assert _answer(_handler(app), _query("nothing.example"), "127.0.0.1") is None
+        assert decided == ["nothing.example"]
