@@ -13,6 +13,7 @@ hits) are known at once, so each stage has two halves:
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -108,7 +109,9 @@ class Pipeline:
         self._now = tuple(s.answer_now for s in self.stages)
         call: CallNext = resolver.resolve
         for stage in reversed(self.stages):
-            call = _bind(stage, call)
+            if getattr(type(stage), "handle", None) is PassThrough.handle:
+                continue  # nothing to add on the way down or up: not a frame in every forwarded query's chain
+            call = functools.partial(stage.handle, call_next=call)
         self._resolve = call
 
     def answer_now(self, query: Query) -> Answer | None:
@@ -118,16 +121,10 @@ class Pipeline:
                 return answer
         return None
 
-    async def resolve(self, query: Query) -> Answer:
-        """The async path; call it only after `answer_now` returned None for this query."""
-        return await self._resolve(query)
+    def resolve(self, query: Query) -> Awaitable[Answer]:
+        """The async path (the first stage's `handle`, awaiting the next, down to the resolver); call it only
+        after `answer_now` returned None for this query."""
+        return self._resolve(query)
 
     def describe(self) -> str:
         return " → ".join([*(s.name for s in self.stages), self.resolver.name])
-
-
-def _bind(stage: Stage, call_next: CallNext) -> CallNext:
-    async def call(query: Query) -> Answer:
-        return await stage.handle(query, call_next)
-
-    return call
