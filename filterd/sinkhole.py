@@ -9,6 +9,7 @@ Extended DNS Error 15 (Blocked) naming the list.
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 from filterd.config.schema import BlockingConfig, BlockingMode
 from filterd.dns import wire
@@ -17,6 +18,8 @@ _SOA_MNAME = wire.encode_name("filterd.invalid")
 _SOA_RNAME = wire.encode_name("hostmaster.filterd.invalid")
 _NULL_V4 = ipaddress.IPv4Address("0.0.0.0").packed
 _NULL_V6 = ipaddress.IPv6Address("::").packed
+_COPIED_FLAGS = wire.RD | wire.CD  # the query's flags a reply copies (`wire.build_reply`)
+_ID = struct.Struct("!H")
 
 
 class BlockedReplies:
@@ -34,8 +37,33 @@ class BlockedReplies:
         self._aaaa = (wire.rr(wire.NAME_PTR, wire.T_AAAA, self.ttl, self._v6),)
         #: The Extended DNS Error of each list's blocks (a few lists: made once each).
         self._ede: dict[str, tuple[int, str]] = {}
+        #: Replies made before, by what they depend on besides the client's ID and question bytes: the list, the
+        #: type and class, the RD and CD flags and the client's EDNS (none, or its DO bit). (The header without its
+        #: ID, and the rest after the question.)
+        self._made: dict[tuple[str, int, int, int, bool | None], tuple[bytes, bytes]] = {}
 
     def reply(self, q: wire.Question, entry: str, list_name: str) -> bytes:
+        """The blocked reply: made once for each kind of query (`_made`), then the client's ID and question put in;
+        made each time when its SOA is owned by a name other than the query's (a parent that is listed, a CNAME's
+        target)."""
+        if entry != q.qname and self._with_soa(q):
+            return self._build(q, entry, list_name)
+        key = (list_name, q.qtype, q.qclass, q.flags & _COPIED_FLAGS, None if q.edns is None else q.edns.do)
+        made = self._made.get(key)
+        if made is None:
+            reply = self._build(q, entry, list_name)
+            if len(self._made) >= 4096:  # (a client asking every type of every list: made again after this)
+                self._made.clear()
+            made = self._made[key] = (reply[2:12], reply[12 + len(q.question) :])
+        return b"".join((_ID.pack(q.id), made[0], q.question, made[1]))
+
+    def _with_soa(self, q: wire.Question) -> bool:
+        """Whether the reply has an SOA: NXDOMAIN, and NOERROR without an answer (every type but A and AAAA)."""
+        if self.mode is BlockingMode.REFUSED:
+            return False
+        return self.mode is BlockingMode.NXDOMAIN or q.qclass != wire.C_IN or q.qtype not in (wire.T_A, wire.T_AAAA)
+
+    def _build(self, q: wire.Question, entry: str, list_name: str) -> bytes:
         ede = self._ede.get(list_name)
         if ede is None:
             if len(self._ede) >= 1024:  # (list names are few; group and schedule names too: never reached)
