@@ -508,7 +508,12 @@ def _blocking(node: _Node, p: _Problems) -> BlockingConfig | None:
     if keys is None:
         return None
     default = BlockingConfig()
-    mode = _choice(keys["mode"], "blocking.mode", p, BlockingMode) if "mode" in keys else default.mode
+    mode: BlockingMode | None = default.mode
+    if "mode" in keys:
+        # YAML reads `mode: null` unquoted as no value at all: the null mode is what was meant
+        mode = (
+            BlockingMode.NULL if keys["mode"].value is None else _choice(keys["mode"], "blocking.mode", p, BlockingMode)
+        )
     ttl = _number(keys["ttl"], "blocking.ttl", p, 0, 86400, int) if "ttl" in keys else default.ttl
     sinkhole: SinkholeConfig | None = default.sinkhole
     if "sinkhole" in keys:

@@ -124,6 +124,13 @@ def test_endpoints_and_defaults() -> None:
     assert cfg.metrics is None  # absent section: listener off
 
 
+@pytest.mark.parametrize("value", ['"null"', "null", "~"])
+def test_the_null_mode_unquoted(value: str) -> None:
+    """YAML reads an unquoted null as no value; `mode: null` still means the null mode."""
+    config = parse_config(f"dns:\n  listen: [127.0.0.1]\nblocking:\n  mode: {value}\n", "f.yaml", base_dir=ROOT)
+    assert config.blocking.mode is BlockingMode.NULL
+
+
 @pytest.mark.parametrize(("value", "expected"), [("1", 1), ("4", 4), ("auto", max(1, min(64, os.cpu_count() or 1)))])
 def test_dns_workers(value: str, expected: int) -> None:
     config = parse_config(f"dns:\n  listen: [127.0.0.1]\n  workers: {value}\n", "f.yaml", base_dir=ROOT)
