@@ -11,6 +11,10 @@ kept, both computed by the slow path first:
   dropped the moment its `DnsCache` entry expires, so it is never served past its TTL (stale answers, SERVFAIL
   and everything else always take the slow path, with its rules).
 
+On a miss, `quick` reads the question of a usual query from the bytes the key walked and lets the policy decide
+at once: a name the lists block is answered there, without the full parse or the stages that cannot answer for
+it (docs/pipeline.md: "The quick check of a new name").
+
 What the slow path guarantees still holds:
 
 - Access and rate limiting run first: a client outside `allow_clients` never gets a fast answer, and a UDP
