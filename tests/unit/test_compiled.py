@@ -309,6 +309,7 @@ def test_a_large_list_read_by_two_processes_compiles_to_the_same_bytes(
     serial = tmp_path / "serial.snapshot"
     report = compiled.write_snapshot(lists, serial, "fp")
     monkeypatch.setattr(compiled, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(compiled, "_CHUNK", 97)  # handed over in many chunks, placed as they come
     monkeypatch.setattr(compiled.os, "cpu_count", lambda: 2)
     helpers: list[object] = []
     start = compiled._Part.start
@@ -348,6 +349,55 @@ def test_when_the_helper_cannot_help_this_process_reads_the_rest(
     parallel = tmp_path / "parallel.snapshot"
     compiled.write_snapshot(lists, parallel, "", parallel=True)
     assert parallel.read_bytes() == serial.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["exits", "garbles", "hangs"])
+def test_a_helper_that_fails_after_handing_some_over_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """The helper hands over two chunks, then exits, writes a bad record, or stops answering: this process places
+    what it was given, reads the part itself and places the rest; the snapshot is the same byte for byte."""
+    import sys
+
+    from filterd.blocklists import compiled
+
+    (tmp_path / "big.txt").write_text(_parallel_sample("domains", "\n"))
+    lists = [ListFile("big", "c", tmp_path / "big.txt", "domains")]
+    serial = tmp_path / "serial.snapshot"
+    compiled.write_snapshot(lists, serial, "")
+    failing = tmp_path / "failing_helper.py"
+    failing.write_text(f"""
+import os, sys, time
+sys.argv = sys.argv[sys.argv.index("--part"):]
+sys.argv.insert(0, "helper")
+from filterd.blocklists import compiled
+hand_over = compiled._PartSink.hand_over
+def fail(self):
+    hand_over(self)
+    if self.written >= 2 * self.chunk:
+        if {how!r} == "exits":
+            os._exit(3)
+        if {how!r} == "garbles":
+            sys.stdout.buffer.write(b"X" * 9)
+            sys.stdout.flush()
+            time.sleep(30)
+        time.sleep(30)
+compiled._PartSink.hand_over = fail
+sys.exit(compiled._child_main())
+""")
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {failing} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(compiled, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(compiled, "_CHUNK", 50)
+    monkeypatch.setattr(compiled, "CHILD_TIMEOUT", 3.0)
+    monkeypatch.setattr(compiled.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(compiled.sys, "executable", str(wrapper))
+    parallel = tmp_path / "parallel.snapshot"
+    compiled.write_snapshot(lists, parallel, "", parallel=True)
+    assert parallel.read_bytes() == serial.read_bytes()
+    assert "the helper reading the rest of" in caplog.text
+    assert not (tmp_path / "parallel.snapshot.part").exists()
 
 
 @pytest.mark.parametrize(
