@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full benchmark, in the background: about 12 minutes on 2 cores. Progress goes to
+# The full benchmark, in the background: about 20 minutes on 2 cores. Progress goes to
 # bench/results/full.log, the table to bench/results/latest-full.md (and full-STAMP.md/.json).
 # Arguments go to run.py, e.g. `bench/full.sh --reps 5 --seconds 20`. Bounded: SIGINT after 90 minutes,
 # which makes run.py stop every server it started; SIGKILL a minute later if it has not.

@@ -48,6 +48,7 @@ from filterd.pipeline.policy import AllowList, PolicyStage
 from filterd.querylog.events import QueryEvents
 from filterd.querylog.store import QueryLog
 from filterd.sinkhole import BlockedReplies
+from filterd.transport.fastpath import packet_key, quick_question
 from filterd.transport.handler import QueryHandler
 
 CONFIG = """
@@ -136,6 +137,9 @@ def main() -> None:
     ]
     if fast is not None:
         steps.append(("  packet_key + lookup (fast path alone)", lambda: fast.lookup(blocked, ip, "udp")))
+        keyed = packet_key(blocked, b"\x00\x00")
+        assert keyed is not None
+        steps.append(("  quick_question (the quick check's read)", lambda: quick_question(blocked, keyed[1])))
 
     # The same two hits with the query log on (privacy: full; its pages never written here, only noted)
     querylog = QueryLog(tmp / "q.sqlite", max_queue=10**9)
@@ -144,6 +148,7 @@ def main() -> None:
     for packet in (blocked, hit):
         logged.handle(packet, ip, "udp")
     steps += [
+        ("handle, a new blocked name each query, query log on", lambda: logged.handle(next(new_names), ip, "udp")),
         ("handle, blocked name, packet cache hit, query log on", lambda: logged.handle(blocked, ip, "udp")),
         ("handle, cache hit, packet cache hit, query log on", lambda: logged.handle(hit, ip, "udp")),
         ("handle, blocked name, no packet cache, query log on", without_fast(blocked, logged)),
