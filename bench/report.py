@@ -91,6 +91,8 @@ def render(r: dict[str, Any]) -> str:
             "replies kept by the question's bytes, misses forwarded; no groups, allow or local entries, bypass "
             "checks, EDNS, TTLs, counting or log): filterd / floor is filterd's share of what Python allows here"
         )
+    if s.get("pin"):
+        out.append("- pinned (`--pin`): each server on the last CPU alone, dnsperf and the upstream on the others")
     out.append(
         f"- {s.get('names', 0):,} names; repetitions: {s.get('reps', '?')}; throughput: {s.get('seconds', '?')} s "
         f"runs of `dnsperf {s.get('tput_args', '')}`; latency: {s.get('lat_seconds', '?')} s runs at "

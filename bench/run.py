@@ -311,6 +311,18 @@ class Ctx:
     running: list[Proc] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def server_cpus(self) -> list[str]:
+        """`--pin`: the server under test runs on the last CPU alone (`taskset`)."""
+        n = os.cpu_count() or 1
+        return ["taskset", "-c", str(n - 1)] if self.args.pin else []
+
+    @property
+    def client_cpus(self) -> list[str]:
+        """`--pin`: dnsperf and the upstream run on the other CPUs."""
+        n = os.cpu_count() or 1
+        return ["taskset", "-c", f"0-{n - 2}" if n > 2 else "0"] if self.args.pin else []
+
     def launch(self, proc: Proc) -> Proc:
         proc.start()
         self.running.append(proc)
@@ -581,12 +593,13 @@ def start_upstream(ctx: Ctx) -> Proc:
     if use_nsd:
         conf = ctx.work / "nsd.conf"
         conf.write_text(NSD_CONF.format(host=HOST, port=port, data=ctx.data, work=ctx.work))
-        proc = Proc("upstream (nsd)", port, ["nsd", "-d", "-c", str(conf)], ctx.work / "upstream.log")
+        proc = Proc("upstream (nsd)", port, [*ctx.client_cpus, "nsd", "-d", "-c", str(conf)], ctx.work / "upstream.log")
     else:
         proc = Proc(
             "upstream (dnsmasq)",
             port,
             [
+                *ctx.client_cpus,
                 "dnsmasq",
                 "--keep-in-foreground",
                 "--conf-file=/dev/null",
@@ -616,7 +629,8 @@ def bring_up(ctx: Ctx, kind: str, with_list: bool, state: Path | None = None, la
     """Start one server; seconds to its first correct answer: the last listed name blocked, else an allowed name."""
     port = free_port()
     tag = label or ("list" if with_list else "nolist")
-    proc = Proc(kind, port, server_cmd(ctx, kind, port, with_list, state), ctx.work / f"{kind}-{tag}.log")
+    cmd = [*ctx.server_cpus, *server_cmd(ctx, kind, port, with_list, state)]
+    proc = Proc(kind, port, cmd, ctx.work / f"{kind}-{tag}.log")
     ctx.launch(proc)
     limit = 600.0
     if with_list:
@@ -672,7 +686,7 @@ def measure_servers(ctx: Ctx, kinds: list[str]) -> dict[str, Proc]:
         info["mapped_list"] = mapped_snapshot(proc.pid)
         # A store that maps its table from a file is resident only where lookups touched it: blocked queries
         # from the whole list (file a: not cached by any of the servers) touch all of it.
-        dnsperf(proc.port, ctx.data / "q-a.txt", ctx.args.touch_seconds, TPUT_ARGS)
+        dnsperf(proc.port, ctx.data / "q-a.txt", ctx.args.touch_seconds, TPUT_ARGS, prefix=ctx.client_cpus)
         info["mem_list_touched"] = memory(proc.pid)
         info["mapped_list_touched"] = mapped_snapshot(proc.pid)
         if kind == "filterd":
@@ -723,12 +737,20 @@ def percentile(values: list[float], p: float) -> float:
     return values[k]
 
 
-def dnsperf(port: int, qfile: Path, seconds: float, extra: tuple[str, ...], verbose: bool = False) -> dict[str, Any]:
+def dnsperf(
+    port: int,
+    qfile: Path,
+    seconds: float,
+    extra: tuple[str, ...],
+    verbose: bool = False,
+    prefix: list[str] | None = None,
+) -> dict[str, Any]:
+    """`prefix`: `taskset` and its CPUs (`--pin`)."""
     cmd = ["dnsperf", "-s", HOST, "-p", str(port), "-d", str(qfile), "-l", str(seconds), *extra]
     if verbose:
         cmd.append("-v")
     limit = seconds + 30
-    done = run(["timeout", "-s", "INT", "-k", "5", str(int(limit)), *cmd], limit + 15)
+    done = run([*(prefix or []), "timeout", "-s", "INT", "-k", "5", str(int(limit)), *cmd], limit + 15)
     r = parse_dnsperf(done.stdout + done.stderr)
     if verbose:
         lat = sorted(
@@ -746,7 +768,7 @@ def dnsperf(port: int, qfile: Path, seconds: float, extra: tuple[str, ...], verb
 
 
 def warm(ctx: Ctx, proc: Proc) -> None:
-    dnsperf(proc.port, ctx.data / "q-warm.txt", 10, ("-n", "1"))
+    dnsperf(proc.port, ctx.data / "q-warm.txt", 10, ("-n", "1"), prefix=ctx.client_cpus)
 
 
 def qfile(ctx: Ctx, f: str, rep: int, kind: str) -> Path:
@@ -764,14 +786,23 @@ def measure_queries(ctx: Ctx, running: dict[str, Proc]) -> None:
             warm(ctx, running[name])
         for f in FILES:
             for name in order:
-                r = dnsperf(running[name].port, qfile(ctx, f, rep, "tput"), a.seconds, TPUT_ARGS)
+                r = dnsperf(
+                    running[name].port, qfile(ctx, f, rep, "tput"), a.seconds, TPUT_ARGS, prefix=ctx.client_cpus
+                )
                 r.update(server=name, file=f, rep=rep, kind="tput", lines=ctx.manifest["lines"][f], load=loadavg())
                 runs.append(r)
                 print(f"  {f} {name:8} {r['qps']:10.0f} q/s  lost {int(r.get('lost', 0))}  {r['rcodes']}", flush=True)
         for f in FILES:
             for name in order:
                 extra = (*TPUT_ARGS, "-Q", str(a.lat_rate))
-                r = dnsperf(running[name].port, qfile(ctx, f, rep, "lat"), a.lat_seconds, extra, verbose=True)
+                r = dnsperf(
+                    running[name].port,
+                    qfile(ctx, f, rep, "lat"),
+                    a.lat_seconds,
+                    extra,
+                    verbose=True,
+                    prefix=ctx.client_cpus,
+                )
                 r.update(server=name, file=f, rep=rep, kind="lat", load=loadavg())
                 runs.append(r)
                 print(
@@ -904,6 +935,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--groups", action="store_true", help="filterd with two client groups (the client in one)")
     ap.add_argument("--workers", default="1", help="filterd's dns.workers (a number or auto)")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="each server under test on the last CPU alone, dnsperf and the upstream on the others (taskset)",
+    )
     a = ap.parse_args(argv)
     smoke = a.smoke
     a.reps = (1 if smoke else 3) if a.reps is None else a.reps
@@ -940,6 +976,7 @@ def main(argv: list[str] | None = None) -> int:
             "lat_rate": a.lat_rate,
             "tput_args": " ".join(TPUT_ARGS),
             "querylog": a.querylog,
+            "pin": a.pin,
         },
         "servers": {},
         "runs": [],
@@ -969,6 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
         else:  # the smoke run leaves unbound out: it only has to show that the harness works
             kinds = ["filterd", "dnsmasq"] + (["unbound"] if shutil.which("unbound") and not a.smoke else [])
             kinds += [] if a.smoke else ["floor"]
+        if a.pin and ((os.cpu_count() or 1) < 2 or shutil.which("taskset") is None):
+            raise BenchError("--pin needs two CPUs or more and taskset (util-linux)")
         for kind in kinds:
             if kind not in ("filterd", "dnsmasq", "unbound", "floor"):
                 raise BenchError(f"unknown server {kind!r}")
