@@ -167,6 +167,15 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
+def descendants(pid: int) -> list[int]:
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def memory(pid: int) -> dict[str, int]:
     """RSS and PSS in bytes (/proc/PID/smaps_rollup) of the process and all its descendants, and how many."""
     kids = _children()
@@ -313,7 +322,8 @@ class Ctx:
 
     @property
     def server_cpus(self) -> list[str]:
-        """`--pin`: the server under test runs on the last CPU alone (`taskset`)."""
+        """`--pin`: the server under test runs on the last CPU alone (`taskset`); its children, once it answers,
+        on the others (`bring_up`)."""
         n = os.cpu_count() or 1
         return ["taskset", "-c", str(n - 1)] if self.args.pin else []
 
@@ -639,6 +649,11 @@ def bring_up(ctx: Ctx, kind: str, with_list: bool, state: Path | None = None, la
     else:
         name, addr = ctx.manifest["allowed"]
         seconds = proc.wait_until(lambda: is_addr(ask(port, name, 0.05), addr), limit)
+    if ctx.args.pin:
+        # A server's helper processes (filterd's query-log writer) on the other CPUs, as on a machine with cores to
+        # spare; only the process that answers keeps the last CPU to itself.
+        for child in descendants(proc.pid):
+            run(["taskset", "-a", "-p", "-c", ctx.client_cpus[-1], str(child)], 10)
     return proc, seconds
 
 
@@ -938,7 +953,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--pin",
         action="store_true",
-        help="each server under test on the last CPU alone, dnsperf and the upstream on the others (taskset)",
+        help="each server under test on the last CPU alone, dnsperf, the upstream and the server's children on the "
+        "others (taskset)",
     )
     a = ap.parse_args(argv)
     smoke = a.smoke
