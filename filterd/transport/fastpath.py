@@ -189,10 +189,9 @@ class PacketCache:
         #: are asked again.
         self.once: set[bytes] = set()
         self.hits = 0
-        #: Set by `lookup` when it keyed the query but had no answer: (key, question end), for `store`; and the
-        #: client's group, for `quick`.
-        self.missed: tuple[bytes, int] | None = None
-        self.missed_group: Group | None = None
+        #: Set by `lookup` when it keyed the query but had no answer: (key, question end, the client's group), for
+        #: `quick` and `store`.
+        self.missed: tuple[bytes, int, Group | None] | None = None
 
     @classmethod
     def of(cls, pipeline: Pipeline) -> PacketCache | None:
@@ -223,18 +222,17 @@ class PacketCache:
         keyed = packet_key(data, self.group_prefix(group))
         if keyed is None:
             return None
-        key = keyed[0]
+        key, qend = keyed
         entry = self.entries.get(key)
         if entry is None or entry.group is not group:
-            self.missed = keyed
-            self.missed_group = group
+            self.missed = key, qend, group
             return None
         cached = entry.cached
         if cached is not None:
             age = self.cache.clock() - cached.stored
             if age >= cached.ttl:
                 del self.entries[key]  # expired: the slow path fetches it again (or applies serve-stale's rules)
-                self.missed = keyed
+                self.missed = key, qend, group
                 return None
             if int(age) != entry.age:
                 entry.refresh(int(age))
@@ -259,10 +257,10 @@ class PacketCache:
         missed = self.missed
         if policy is None or missed is None:
             return None
-        q = quick_question(data, missed[1])
+        _, qend, group = missed
+        q = quick_question(data, qend)
         if q is None:
             return None
-        group = self.missed_group
         query = Query(data, q, client_ip, protocol, group, logged=logged)
         for answer_now in self._checks:
             if answer_now(query) is not None:
@@ -294,7 +292,7 @@ class PacketCache:
         self.missed = None
         if keyed is None or self.generation != self.cache.generation:
             return
-        key, qend = keyed
+        key, qend, _ = keyed
         decision = answer.decision
         if decision is Decision.BLOCKED:
             once = self.once

@@ -254,6 +254,20 @@ async def test_groups_get_their_own_answers(server: Server) -> None:
     assert server.counted("forwarded", "adults") == 2
 
 
+async def test_an_expired_entry_is_judged_for_its_own_clients_group(server: Server) -> None:
+    """The adults' kept answer for x.chat.example expires just after a child's query missed: the adult's query is
+    judged under the adults' rules (not blocked), never under the group of the query before it."""
+    server.upstream.ttl = 10
+    for _ in range(3):  # forwarded, an answer-cache hit (kept then), a packet-cache hit
+        assert not blocked(await server.ask("x.chat.example", client="127.0.0.3"))
+    assert server.hits() == 1
+    server.clock.now += 10.0  # the adults' entry expires
+    assert blocked(await server.ask("y.chat.example", client="127.0.0.2"))  # a child's miss, just before
+    reply = await server.ask("x.chat.example", client="127.0.0.3")
+    assert not blocked(reply) and reply.answer
+    assert server.counted("forwarded", "adults") == 2 and server.counted("blocked", "adults") == 0
+
+
 async def test_ttl_counts_down_and_nothing_is_served_past_it(server: Server) -> None:
     server.upstream.ttl = 10
     assert ttl(await server.ask("tick.example")) == 10
