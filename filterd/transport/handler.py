@@ -43,6 +43,7 @@ class QueryHandler:
             self._fast_for = self.pipeline
         fast = self.fast
         query: Query | None = None
+        answer: Answer | None = None
         if fast is not None:
             hit = fast.lookup(data, client_ip, protocol)
             if hit is not None:
@@ -61,10 +62,7 @@ class QueryHandler:
                 except Exception:
                     quick = None  # (the slow path meets the same problem, and says so)
                 if quick is not None:
-                    query, answer = quick
-                    if answer is not None:
-                        fast.store(query, answer)
-                        return self.finish(answer, query)
+                    query, answer = quick  # (a blocked answer; or None, and the query read, for the stages)
         if query is None:
             try:
                 q = wire.parse_query(data)
@@ -76,12 +74,13 @@ class QueryHandler:
                     return None
                 return self._count(wire.error_reply(data, exc.rcode), protocol, 0)
             query = Query(data, q, client_ip, protocol, logged=logged)
-        try:
-            answer = self.pipeline.answer_now(query)
-        except Exception:
-            q = query.question
-            log.exception("error answering %s %s", q.qname, q.qtype)
-            answer = Answer(wire.build_reply(query.question, wire.SERVFAIL), Decision.ERROR, "internal error")
+        if answer is None:
+            try:
+                answer = self.pipeline.answer_now(query)
+            except Exception:
+                q = query.question
+                log.exception("error answering %s %s", q.qname, q.qtype)
+                answer = Answer(wire.build_reply(q, wire.SERVFAIL), Decision.ERROR, "internal error")
         if answer is not None:
             if fast is not None and fast.missed is not None:
                 fast.store(query, answer)
