@@ -71,11 +71,8 @@ class BlockedReplies:
             ede = self._ede[list_name] = (wire.EDE_BLOCKED, f"filterd: {list_name}")
         if self.mode is BlockingMode.REFUSED:
             return wire.build_reply(q, wire.REFUSED, ede=ede)
-        if self.mode is not BlockingMode.NXDOMAIN and q.qclass == wire.C_IN:
-            if q.qtype == wire.T_A:
-                return wire.build_reply(q, answers=self._a, ede=ede)
-            if q.qtype == wire.T_AAAA:
-                return wire.build_reply(q, answers=self._aaaa, ede=ede)
+        if not self._with_soa(q):  # A or AAAA: the address
+            return wire.build_reply(q, answers=self._a if q.qtype == wire.T_A else self._aaaa, ede=ede)
         rcode = wire.NXDOMAIN if self.mode is BlockingMode.NXDOMAIN else wire.NOERROR
         # The SOA's owner is the listed name: the query name itself is the question's own bytes (a pointer), any
         # other name (a parent of it, or a CNAME target's) is encoded from its text, escapes and all.
