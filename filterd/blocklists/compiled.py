@@ -580,7 +580,7 @@ class _Part:
                     break
         except (OSError, EOFError, TimeoutError, subprocess.TimeoutExpired, pickle.UnpicklingError, ValueError):
             pass
-        finally:
+        finally:  # (also when placing raised: a full table, compiled again larger)
             if helper.poll() is None:
                 helper.kill()
                 helper.wait()
@@ -596,9 +596,6 @@ class _Part:
             if result["entries"] > placed:
                 _place_chunks(table, out, placed, result["entries"], self.job["chunk"])
         finally:
-            if self.helper is not None and self.helper.poll() is None:  # (a full table: compiled again, larger)
-                self.helper.kill()
-                self.helper.wait()
             with contextlib.suppress(FileNotFoundError):
                 out.unlink()
         inherited = table.category
