@@ -21,6 +21,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from hypothesis import strategies as st
 
 from filterd.app import App
 from filterd.config.load import load_config
@@ -136,6 +137,21 @@ def udp_raw(port: int, packet: bytes, timeout: float = 1.0) -> bytes | None:
             return sock.recv(65535)
         except TimeoutError:
             return None
+
+
+def mutated(data: st.DataObject, packet: bytes, rounds: st.SearchStrategy[int]) -> bytes:
+    """A packet with `rounds` random edits drawn from `data`: a byte flipped, the rest cut off, or bytes inserted."""
+    out = bytearray(packet)
+    for _ in range(data.draw(rounds)):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        position = data.draw(st.integers(0, max(len(out) - 1, 0)))
+        if op == "flip" and out:
+            out[position] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del out[position:]
+        else:
+            out[position:position] = data.draw(st.binary(min_size=1, max_size=8))
+    return bytes(out)
 
 
 def wait_for(check: Callable[[], object], what: str, timeout: float = 10) -> None:
