@@ -101,6 +101,7 @@ def render(r: dict[str, Any]) -> str:
     flags: list[str] = []
     qps: dict[tuple[str, str], list[float]] = defaultdict(list)
     lat: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    cpu: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
     for run in runs:
         key = (run["server"], run["file"])
         where = f"{run['server']} {run['file']} rep {run['rep']} ({run['kind']})"
@@ -112,6 +113,8 @@ def render(r: dict[str, Any]) -> str:
             flags.append(f"{where}: answers {', '.join(odd)} ({run.get('rcodes')})")
         if run["kind"] == "tput":
             qps[key].append(run["qps"])
+            if "cpu_us" in run:
+                cpu[key].append(run["cpu_us"])
             if run["file"] in ("c", "d") and sent > run.get("lines", sent):
                 flags.append(f"{where}: sent {int(sent):,} > {run['lines']:,} lines, so some misses were repeated")
         elif "p50_ms" in run:
@@ -155,6 +158,28 @@ def render(r: dict[str, Any]) -> str:
                     p50 = statistics.median(x[0] for x in xs)
                     p99 = statistics.median(x[1] for x in xs)
                     cells.append(f"{p50:.3f} / {p99:.3f}")
+                else:
+                    cells.append("-")
+            out.append("| " + " | ".join(cells) + " |")
+
+    if cpu:
+        out.append("")
+        out.append(
+            "**CPU a query** in the throughput runs, microseconds (/proc/PID/stat over each run, divided by the "
+            "queries answered; median of the runs): the server's user / system time, + its child processes' "
+            "(filterd's query-log writer). At full throughput the server's own core is the limit, so its user + "
+            "system time a query is what sets its rate."
+        )
+        out.append("")
+        out.append("| query file | " + " | ".join(names) + " |")
+        out.append("|---|" + "---:|" * len(names))
+        for f, label in FILES.items():
+            cells = [label]
+            for n in names:
+                xs = cpu.get((n, f), [])
+                if xs:
+                    user, system, children = (statistics.median(x[i] for x in xs) for i in range(3))
+                    cells.append(f"{user:.1f} / {system:.1f}" + (f" + {children:.1f}" if children >= 0.05 else ""))
                 else:
                     cells.append("-")
             out.append("| " + " | ".join(cells) + " |")

@@ -176,6 +176,26 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float, float]:
+    """CPU seconds used so far (/proc/PID/stat): the process's user and system time, and its live descendants'
+    (user + system: filterd's query-log writer, workers). A descendant that exits in between is not counted."""
+
+    def ticks(p: int) -> tuple[int, int]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0, 0
+        return int(fields[11]), int(fields[12])  # utime, stime (the stat file's fields 14 and 15)
+
+    user, system = ticks(pid)
+    children = sum(sum(ticks(child)) for child in descendants(pid))
+    return user / _TICK, system / _TICK, children / _TICK
+
+
 def memory(pid: int) -> dict[str, int]:
     """RSS and PSS in bytes (/proc/PID/smaps_rollup) of the process and all its descendants, and how many."""
     kids = _children()
@@ -801,9 +821,13 @@ def measure_queries(ctx: Ctx, running: dict[str, Proc]) -> None:
             warm(ctx, running[name])
         for f in FILES:
             for name in order:
+                before = cpu_seconds(running[name].pid)
                 r = dnsperf(
                     running[name].port, qfile(ctx, f, rep, "tput"), a.seconds, TPUT_ARGS, prefix=ctx.client_cpus
                 )
+                after = cpu_seconds(running[name].pid)
+                # microseconds of CPU a completed query: the server's user and system time, its children's
+                r["cpu_us"] = [round((b - a) * 1e6 / r["completed"], 2) for a, b in zip(before, after, strict=True)]
                 r.update(server=name, file=f, rep=rep, kind="tput", lines=ctx.manifest["lines"][f], load=loadavg())
                 runs.append(r)
                 print(f"  {f} {name:8} {r['qps']:10.0f} q/s  lost {int(r.get('lost', 0))}  {r['rcodes']}", flush=True)

@@ -834,19 +834,20 @@ class CompiledMatcher:
             while 0 < stored < h:  # (the run is in hash order: a larger hash or an empty slot ends the search)
                 i += 1
                 stored = hashes[i]
-            while stored == h:
+            if stored == h:
+                if exact and hashes[i + 1] != h:  # the query name itself, listed once
+                    value = self._values[i]
+                    list_index = (value >> _KIND_BITS) & 0xFF
+                    if list_index == first and self._exact_final[list_index]:
+                        line = value >> _LINE_SHIFT
+                        category = self._category(list_index, line)
+                        return Match(self._lists[list_index], name, line, category, bool(value & _SUBTREE))
                 if hits is None:
                     hits = []
-                hits.append((name, exact, self._values[i]))
-                i += 1
-                stored = hashes[i]
-            if exact and hits is not None and len(hits) == 1:
-                value = hits[0][2]
-                list_index = (value >> _KIND_BITS) & 0xFF
-                if list_index == first and self._exact_final[list_index]:
-                    line = value >> _LINE_SHIFT
-                    category = self._category(list_index, line)
-                    return Match(self._lists[list_index], name, line, category, bool(value & _SUBTREE))
+                while stored == h:
+                    hits.append((name, exact, self._values[i]))
+                    i += 1
+                    stored = hashes[i]
             dot = name.find(".")
             if dot < 0:
                 break

@@ -87,10 +87,11 @@ class PolicyStage(PassThrough):
     def reply(self, query: Query, match: Match) -> bytes:
         """The blocked reply; a negative answer's SOA is owned by the listed name, or the query name when a brand
         rule or a pattern matched."""
+        q = query.question
         entry = match.entry
-        if rule_kind(entry) != "name":
-            entry = query.question.qname
-        return self.replies.reply(query.question, entry, match.list)
+        if entry != q.qname and rule_kind(entry) != "name":
+            entry = q.qname
+        return self.replies.reply(q, entry, match.list)
 
     def answer_now(self, query: Query) -> Answer | None:
         if query.policy_passed:
@@ -101,4 +102,5 @@ class PolicyStage(PassThrough):
         return self.blocked(query, match)
 
     def blocked(self, query: Query, match: Match) -> Answer:
-        return Answer(self.reply(query, match), Decision.BLOCKED, match.list, category=match.category)
+        # (positional: a NamedTuple's keyword arguments would cost more than the rest of this line)
+        return Answer(self.reply(query, match), Decision.BLOCKED, match.list, None, match.category)

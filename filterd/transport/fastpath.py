@@ -85,8 +85,11 @@ def packet_key(data: bytes, group: bytes) -> tuple[bytes, int] | None:
     return b"".join((group, data[2:12], data[12:i].lower(), data[i:qend], extra)), qend
 
 
-#: qd = 1, an = 0, ns = 0
-_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
+_HEADER = struct.Struct("!6H")
+#: The bytes a plain name's text may hold besides its dots (`wire.name_text`: printable ASCII but the space and `\\`)
+_PLAIN = bytes(range(0x21, 0x7F)).replace(b"\\", b"")
+_NO_OPTIONS = b""
+_new = tuple.__new__  # (a NamedTuple made from a tuple: no keyword handling, no defaults)
 
 
 def quick_question(data: bytes, qend: int) -> Question | None:
@@ -94,32 +97,52 @@ def quick_question(data: bytes, qend: int) -> Question | None:
     `wire.parse_query` reads it, when the query has the usual shape: a QUERY with one question, nothing else but
     an EDNS version 0 OPT, a name of at most 255 bytes. None for anything else: `wire.parse_query` then reads
     it, and answers or drops what is wrong with it."""
-    if data[2] & 0xF8 or data[4:10] != _ONE_QUESTION:  # QR and the opcode; the counts
+    qid, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
+    if flags & 0xF800 or qd != 1 or an or ns:  # QR and the opcode; the counts
         return None
     end = qend - 5  # the root label
     if end - 12 > 254:
         return None  # too long a name: FORMERR from the full parse
     size = len(data)
     if size == qend:
-        if data[10:12] != b"\x00\x00":
+        if ar:
             return None
         edns = None
     else:
-        if data[10:12] != b"\x00\x01" or data[qend : qend + 3] != _OPT_HEAD or size < qend + 11:
+        if ar != 1 or data[qend : qend + 3] != _OPT_HEAD or size < qend + 11:
             return None
         udp_size, ttl, rdlength = _OPT_FIXED.unpack_from(data, qend + 3)
         if qend + 11 + rdlength != size or ttl & 0xFF0000:
             return None  # not the OPT alone; or an EDNS version other than 0 (BADVERS from the full parse)
-        edns = Edns(udp_size, bool(ttl & DO_BIT), 0, data[qend + 11 :])
+        edns = _new(Edns, (udp_size, bool(ttl & DO_BIT), 0, data[qend + 11 :] if rdlength else _NO_OPTIONS))
+    # The name's text: its wire form with each label's length byte made a dot (the first one then cut off). That
+    # is `wire.name_text` when the labels hold only plain bytes and no dot; otherwise that function writes it.
+    text = bytearray(data[12:end])
+    i = 0
+    labels = 0
+    size = end - 12
+    while i < size:
+        length = text[i]
+        text[i] = 46
+        i += length + 1
+        labels += 1
+    if text.translate(None, _PLAIN) or text.count(46) != labels:
+        qname = name_text(wire_labels(data, end))
+    else:
+        qname = text[1:].decode("ascii").lower()
+    qtype, qclass = _HH.unpack_from(data, end + 1)
+    return _new(Question, (qid, flags, qname, qtype, qclass, data[12:qend], edns, qend))
+
+
+def wire_labels(data: bytes, end: int) -> list[bytes]:
+    """The labels of the question name (uncompressed, checked by `packet_key`) that ends at `end`."""
     labels = []
     i = 12
     while i < end:
         length = data[i]
         i += length + 1
         labels.append(data[i - length : i])
-    qid, flags = _HH.unpack_from(data)
-    qtype, qclass = _HH.unpack_from(data, end + 1)
-    return Question(qid, flags, name_text(labels), qtype, qclass, data[12:qend], edns, qend)
+    return labels
 
 
 @dataclass(slots=True)
