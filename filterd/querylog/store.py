@@ -41,8 +41,10 @@ _SELECT = (
     "SELECT q.time, q.client, coalesce(d.mac, ''), coalesce(d.device, ''), q.grp, q.name, q.qtype, q.decision, "
     "q.list, q.category, q.ms, q.n FROM queries q LEFT JOIN devices d ON d.client = q.client"
 )
-#: Answers noted in one page before a new one is started; marshalling a page holds the GIL for about a millisecond.
-PAGE = 4096
+#: Answers noted in one page before a new one is started. Marshalling a page holds the GIL, and the event loop waits
+#: for it: about 0.3 ms for 1,024 answers (4,096 made the loop wait 1-2 ms, `perf sched timehist`). Smaller pages
+#: cost the writer thread more waits for the GIL between them (up to the 5 ms switch interval each, under full load).
+PAGE = 1024
 #: The pipe to the writer holds a whole second of a busy network's pages (64 KB by default): the writer thread
 #: then hands the event loop's lock over once a page, not once every 64 KB.
 PIPE_SIZE = 1 << 20
