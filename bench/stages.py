@@ -22,6 +22,7 @@ import tempfile
 import timeit
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -153,25 +154,38 @@ def main() -> None:
         ("handle, cache hit, packet cache hit, query log on", lambda: logged.handle(hit, ip, "udp")),
         ("handle, blocked name, no packet cache, query log on", without_fast(blocked, logged)),
     ]
-    steps += compiled_steps(tmp, names)
+    steps += compiled_steps(tmp, names, config)
     width = max(len(name) for name, _ in steps)
     for name, call in steps:
         best = min(timeit.repeat(call, number=n, repeat=5)) / n * 1e6
         print(f"{name:<{width}}  {best:6.2f} us")
 
 
-def compiled_steps(tmp: Path, count: int) -> list[tuple[str, Callable[[], object]]]:
+def compiled_steps(tmp: Path, count: int, config: Any) -> list[tuple[str, Callable[[], object]]]:
     """The compiled list store (`blocklists/compiled.py`) with bench/gen.py's names: a lookup of a listed name
-    and of a name under no listed one, each a different name every call (as file a's mostly new names are)."""
+    and of a name under no listed one, each a different name every call (as file a's mostly new names are); and
+    file a's case through `QueryHandler.handle`: the same stages as above, the policy on this store, a listed name
+    new to the packet cache each query (100,000 in turn)."""
     listed = gen.blocklist_names(random.Random(20261128), count)
     (tmp / "big.txt").write_text("\n".join(listed) + "\n")
     compile_lists([ListFile("big", "big", tmp / "big.txt", "domains")], tmp / "big.snapshot")
     store = CompiledMatcher(tmp / "big.snapshot")
     hits = itertools.cycle(listed)
     misses = itertools.cycle([f"www.{name}x" for name in listed])
+    policy = PolicyStage(store, AllowList([]), BlockedReplies(BlockingConfig()), LocalLists(None))
+    cache = DnsCache(10000, 0, 86400, 0)
+    access, client = AccessStage(config.dns.allow_clients), ClientStage(build_groups(config.groups, {}))
+    handler = QueryHandler(
+        Pipeline([access, client, CacheStage(cache), policy], Resolver()), Metrics(CollectorRegistry(), "bench")
+    )
+    packets = itertools.cycle([dns.message.make_query(name, "A").to_wire() for name in listed[:100000]])
     return [
         (f"compiled store ({count:,} names): match, a listed name", lambda: store.match(next(hits))),
         (f"compiled store ({count:,} names): match, an unlisted name", lambda: store.match(next(misses))),
+        (
+            f"handle, a new listed name each query ({count:,} names compiled: file a's case)",
+            lambda: handler.handle(next(packets), "127.0.0.1", "udp"),
+        ),
     ]
 
 
