@@ -134,3 +134,31 @@ def test_systemd_security_review_rates_it_ok(tmp_path: Path) -> None:
     match = re.search(r"Overall exposure level for filterd\.service: (\d+\.\d+) (\w+)", result.stdout)
     assert match is not None, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0 and match.group(2) == "OK", result.stdout
+
+
+def test_the_system_call_filter_lets_filterd_lower_its_priority_and_nothing_more() -> None:
+    """The query log's writer sets SCHED_IDLE and a list compile nice 10 (answers come first); the rest of
+    @resources (limits, affinity, memory policy) stays denied. The unit's SystemCallFilter= lines, applied in
+    order as systemd does: the first is an allow list, each later one adds to it, or with ~ takes away."""
+    analyze = _systemd_analyze()
+
+    def expand(item: str) -> set[str]:
+        if not item.startswith("@"):
+            return {item}
+        listing = subprocess.run([analyze, "syscall-filter", item], capture_output=True, text=True, timeout=60)
+        assert listing.returncode == 0, listing.stderr
+        names: set[str] = set()
+        for line in listing.stdout.splitlines()[1:]:
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                names |= expand(entry)
+        return names
+
+    allowed: set[str] = set()
+    for value in _directives(UNIT.read_text())["Service.SystemCallFilter"]:
+        deny = value.startswith("~")
+        group = set().union(*(expand(item) for item in value.lstrip("~").split()))
+        allowed = allowed - group if deny else allowed | group
+    assert {"sched_setscheduler", "setpriority"} <= allowed
+    assert not {"setrlimit", "sched_setaffinity", "set_mempolicy", "ioprio_set"} & allowed
+    assert {"recvmsg", "sendmsg", "epoll_wait"} <= allowed  # (the allow list is the one systemd gives services)
