@@ -14,6 +14,7 @@ import re
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,26 @@ def list_cost(info: dict[str, Any]) -> float:
     if "mapped_list_touched" in info:
         return float(with_list - nolist + max(info["mapped_list_touched"] - info.get("mapped_list", 0), 0))
     return float(max(with_list, info.get("mem_list_touched", {}).get("rss", 0)) - nolist)
+
+
+def _median_of(xs: Sequence[Sequence[float]], i: int) -> float:
+    return statistics.median(x[i] for x in xs)
+
+
+def _cpu_cell(xs: Sequence[Sequence[float]]) -> str:
+    user, system, children = (_median_of(xs, i) for i in range(3))
+    return f"{user:.1f} / {system:.1f}" + (f" + {children:.1f}" if children >= 0.05 else "")
+
+
+def _per_file(
+    names: list[str], runs: dict[tuple[str, str], Any], cell: Callable[[Sequence[Sequence[float]]], str]
+) -> list[str]:
+    """A table of one row a query file and one column a server: `cell` of the runs' values, "-" for none."""
+    out = ["| query file | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for f, label in FILES.items():
+        cells = [label] + [cell(runs[(n, f)]) if runs.get((n, f)) else "-" for n in names]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 def render(r: dict[str, Any]) -> str:
@@ -148,19 +169,7 @@ def render(r: dict[str, Any]) -> str:
         out.append("")
         out.append(f"**Latency** at {s.get('lat_rate', 0):,} queries/s offered, ms (p50 / p99; median of the runs):")
         out.append("")
-        out.append("| query file | " + " | ".join(names) + " |")
-        out.append("|---|" + "---:|" * len(names))
-        for f, label in FILES.items():
-            cells = [label]
-            for n in names:
-                xs = lat.get((n, f), [])
-                if xs:
-                    p50 = statistics.median(x[0] for x in xs)
-                    p99 = statistics.median(x[1] for x in xs)
-                    cells.append(f"{p50:.3f} / {p99:.3f}")
-                else:
-                    cells.append("-")
-            out.append("| " + " | ".join(cells) + " |")
+        out.extend(_per_file(names, lat, lambda xs: f"{_median_of(xs, 0):.3f} / {_median_of(xs, 1):.3f}"))
 
     if cpu:
         out.append("")
@@ -171,18 +180,7 @@ def render(r: dict[str, Any]) -> str:
             "system time a query is what sets its rate."
         )
         out.append("")
-        out.append("| query file | " + " | ".join(names) + " |")
-        out.append("|---|" + "---:|" * len(names))
-        for f, label in FILES.items():
-            cells = [label]
-            for n in names:
-                xs = cpu.get((n, f), [])
-                if xs:
-                    user, system, children = (statistics.median(x[i] for x in xs) for i in range(3))
-                    cells.append(f"{user:.1f} / {system:.1f}" + (f" + {children:.1f}" if children >= 0.05 else ""))
-                else:
-                    cells.append("-")
-            out.append("| " + " | ".join(cells) + " |")
+        out.extend(_per_file(names, cpu, _cpu_cell))
 
     count = s.get("names", 0) or 1
     out.append("")
