@@ -39,7 +39,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from filterd.dns.response import Response
-from filterd.dns.wire import DO_BIT, Edns, Question, name_text
+from filterd.dns.wire import DO_BIT, Edns, Question, name_text, read_name
 from filterd.groups.model import Group
 from filterd.pipeline.access import AccessStage
 from filterd.pipeline.base import Answer, Decision, Pipeline, Query
@@ -120,29 +120,18 @@ def quick_question(data: bytes, qend: int) -> Question | None:
     text = bytearray(data[12:end])
     i = 0
     labels = 0
-    size = end - 12
-    while i < size:
+    name_size = end - 12
+    while i < name_size:
         length = text[i]
         text[i] = 46
         i += length + 1
         labels += 1
     if text.translate(None, _PLAIN) or text.count(46) != labels:
-        qname = name_text(wire_labels(data, end))
+        qname = name_text(read_name(data, 12)[0])  # (`packet_key` checked it: no pointer, no overrun)
     else:
         qname = text[1:].decode("ascii").lower()
     qtype, qclass = _HH.unpack_from(data, end + 1)
     return _new(Question, (qid, flags, qname, qtype, qclass, data[12:qend], edns, qend))
-
-
-def wire_labels(data: bytes, end: int) -> list[bytes]:
-    """The labels of the question name (uncompressed, checked by `packet_key`) that ends at `end`."""
-    labels = []
-    i = 12
-    while i < end:
-        length = data[i]
-        i += length + 1
-        labels.append(data[i - length : i])
-    return labels
 
 
 @dataclass(slots=True)
