@@ -71,6 +71,16 @@ class Resolver:
         return Answer(body, Decision.FORWARDED, "fake", parse_response(body, len(q.question)))
 
 
+def build_handler(config: Any, lists: Any) -> QueryHandler:
+    """The stages this file times (access, client, cache, policy on `lists`) around `Resolver`, in a handler."""
+    policy = PolicyStage(lists, AllowList([]), BlockedReplies(BlockingConfig()), LocalLists(None))
+    cache = DnsCache(10000, 0, 86400, 0)
+    policy.on_change.append(cache.clear)
+    access, client = AccessStage(config.dns.allow_clients), ClientStage(build_groups(config.groups, {}))
+    pipeline = Pipeline([access, client, CacheStage(cache), policy], Resolver())
+    return QueryHandler(pipeline, Metrics(CollectorRegistry(), "bench"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100000, help="queries a timing run")
@@ -81,12 +91,9 @@ def main() -> None:
     (tmp / "chat.txt").write_text("chat.example\nomegle.com\nchatroulette.com\n")
     config = parse_config(CONFIG, "s.yaml", base_dir=tmp)
     sources = [ListSource(c.name, c.name, parse_list(c.path.read_text())) for c in config.lists]
-    policy = PolicyStage(Matcher.build(sources), AllowList([]), BlockedReplies(BlockingConfig()), LocalLists(None))
-    cache = DnsCache(10000, 0, 86400, 0)
-    policy.on_change.append(cache.clear)
-    access, client = AccessStage(config.dns.allow_clients), ClientStage(build_groups(config.groups, {}))
-    pipeline = Pipeline([access, client, CacheStage(cache), policy], Resolver())
-    handler = QueryHandler(pipeline, Metrics(CollectorRegistry(), "bench"))
+    handler = build_handler(config, Matcher.build(sources))
+    pipeline = handler.pipeline
+    access, client, cache_stage, policy = pipeline.stages
     fast = handler.fast
     blocked = dns.message.make_query("front7.omegle.com", "A", use_edns=0).to_wire()
     hit = dns.message.make_query("www.example.com", "A", use_edns=0).to_wire()
@@ -102,7 +109,6 @@ def main() -> None:
         run(hit)
     q_blocked, q_hit = wire.parse_query(blocked), wire.parse_query(hit)
     query_b, query_h = Query(blocked, q_blocked, ip, "udp"), Query(hit, q_hit, ip, "udp")
-    cache_stage = pipeline.stages[2]
 
     def without_fast(packet: bytes, handler: QueryHandler = handler) -> Callable[[], object]:
         fast = handler.fast
@@ -172,12 +178,7 @@ def compiled_steps(tmp: Path, count: int, config: Any) -> list[tuple[str, Callab
     store = CompiledMatcher(tmp / "big.snapshot")
     hits = itertools.cycle(listed)
     misses = itertools.cycle([f"www.{name}x" for name in listed])
-    policy = PolicyStage(store, AllowList([]), BlockedReplies(BlockingConfig()), LocalLists(None))
-    cache = DnsCache(10000, 0, 86400, 0)
-    access, client = AccessStage(config.dns.allow_clients), ClientStage(build_groups(config.groups, {}))
-    handler = QueryHandler(
-        Pipeline([access, client, CacheStage(cache), policy], Resolver()), Metrics(CollectorRegistry(), "bench")
-    )
+    handler = build_handler(config, store)
     packets = itertools.cycle([dns.message.make_query(name, "A").to_wire() for name in listed[:100000]])
     return [
         (f"compiled store ({count:,} names): match, a listed name", lambda: store.match(next(hits))),
