@@ -146,7 +146,7 @@ def main() -> None:
         steps.append(("  packet_key + lookup (fast path alone)", lambda: fast.lookup(blocked, ip, "udp")))
         keyed = packet_key(blocked, b"\x00\x00")
         assert keyed is not None
-        steps.append(("  quick_question (the quick check's read)", lambda: quick_question(blocked, keyed[1])))
+        steps.append(("  quick_question (the quick check's read)", lambda: quick_question(blocked, *keyed)))
 
     # The same two hits with the query log on (privacy: full; its pages never written here, only noted)
     querylog = QueryLog(tmp / "q.sqlite", max_queue=10**9)

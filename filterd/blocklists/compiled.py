@@ -5,8 +5,13 @@ strings in a set, the file is written once and mapped by every process that serv
 holds one copy), and a restart maps it in milliseconds instead of parsing the lists again.
 
 File layout (little-endian):
-    magic  b"FDSNAP2\\0" | span u64 | slots u64 | meta_len u64 | hashes u64[slots] | values u32[slots] | meta JSON
-A slot's hash is blake2b-64 of the name (0 marks an empty slot; a name hashing to 0 is stored as 1). Its value
+    magic  b"FDSNAP3\\0" | span u64 | slots u64 | meta_len u64 | seed u64 | hashes u64[slots] | values u32[slots] |
+    meta JSON
+A slot's hash is XXH3-64 of the name with the snapshot's seed (0 marks an empty slot; a name hashing to 0 is stored
+as 1). The seed is drawn afresh (64 random bits) for every compile on the machine that serves it: XXH3 is fast
+(0.04 us a name, blake2b 0.5) but not a cryptographic hash, and a secret seed is what keeps anyone who can put a
+line in a subscribed list from making a name that collides with another one (blocking a name unseen, or excepting
+one) without first reading the snapshot file (mode 0640, in `state_dir`). Its value
 packs kind (2 bits: subtree, exception) | list index (8 bits) | line (22 bits; 0 when beyond). Categories come
 from the list's `# category:` sections by line, kept in the metadata, and so are the brand rules and name
 patterns (rules.py): a few per list, matched only for names the table does not block. The list text itself
@@ -24,7 +29,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import hashlib
 import io
 import itertools
 import json
@@ -44,14 +48,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+import xxhash
+
 from filterd.blocklists.matcher import Match, rule_match
 from filterd.blocklists.parse import Sink, Skipped, detect_format, parse_stream
 from filterd.blocklists.rules import Rule, RuleSet
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"FDSNAP2\x00"
-_HEADER = struct.Struct("<8sQQQ")
+MAGIC = b"FDSNAP3\x00"
+_HEADER = struct.Struct("<8sQQQQ")
 _SUBTREE = 1
 _EXCEPTION = 2
 _KIND_BITS = 2
@@ -68,16 +74,18 @@ SPILL = 256
 _YIELD_EVERY = 1023
 
 
-_blake2b = hashlib.blake2b
-_from_bytes = int.from_bytes
-#: At most this many parent names' hashes are remembered by a CompiledMatcher (about 100 bytes each).
-_PARENTS_MEMO = 8192
+_xxh3 = xxhash.xxh3_64_intdigest
+_new = tuple.__new__
 _NONE: set[int] = set()  # (never changed: no list excepted)
 
 
-def name_hash(name: str) -> int:
-    """The stable 64-bit hash of a name (Python's own hash() differs per process)."""
-    return _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
+def name_hash(name: str, seed: int) -> int:
+    """The 64-bit hash of a name in a snapshot with this seed (Python's own hash() differs per process)."""
+    return _xxh3(name.encode("ascii", "replace"), seed) or 1
+
+
+def new_seed() -> int:
+    return secrets.randbits(64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,16 +116,22 @@ class CompileError(Exception):
 
 
 def compile_lists(
-    lists: Sequence[ListFile], out: Path, *, fingerprint: str = "", isolated: bool = False
+    lists: Sequence[ListFile], out: Path, *, fingerprint: str = "", isolated: bool = False, seed: int | None = None
 ) -> CompileReport:
     """Parse every list (streaming: no per-entry objects) into a new snapshot at `out`, written atomically."""
-    report, matcher = compile_and_open(lists, out, fingerprint=fingerprint, isolated=isolated)
+    report, matcher = compile_and_open(lists, out, fingerprint=fingerprint, isolated=isolated, seed=seed)
     matcher.close()
     return report
 
 
 def compile_and_open(
-    lists: Sequence[ListFile], out: Path, *, fingerprint: str = "", isolated: bool = False, parallel: bool | None = None
+    lists: Sequence[ListFile],
+    out: Path,
+    *,
+    fingerprint: str = "",
+    isolated: bool = False,
+    parallel: bool | None = None,
+    seed: int | None = None,
 ) -> tuple[CompileReport, CompiledMatcher]:
     """compile_lists(), and the new snapshot already mapped: mapped before it is renamed into place, so two
     compiles racing for `out` each get their own (the mapping outlives the rename).
@@ -130,17 +144,22 @@ def compile_and_open(
     usable interpreter) falls back to this process, with a warning.
 
     `parallel`: a large list read by two processes (`_Part`); by default when compiling in this process (at start,
-    when nothing is answered until the lists are in), not in a child (a reload, while the lists in use answer)."""
+    when nothing is answered until the lists are in), not in a child (a reload, while the lists in use answer).
+
+    `seed`: the hash's seed (None: a new random one, as a server always has; a test compiling twice to compare
+    the files gives one)."""
     if len(lists) > MAX_LISTS:
         raise CompileError(f"too many lists ({len(lists)}); at most {MAX_LISTS}")
     tmp = out.with_name(f"{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         if parallel is None:
             parallel = not isolated
+        if seed is None:
+            seed = new_seed()
         if isolated:
-            report = _compile_isolated(lists, tmp, fingerprint, parallel)
+            report = _compile_isolated(lists, tmp, fingerprint, parallel, seed)
         else:
-            report = write_snapshot(lists, tmp, fingerprint, parallel=parallel)
+            report = write_snapshot(lists, tmp, fingerprint, parallel=parallel, seed=seed)
         matcher = CompiledMatcher(tmp)
         os.replace(tmp, out)
         matcher.path = out
@@ -151,17 +170,26 @@ def compile_and_open(
 
 
 def write_snapshot(
-    lists: Sequence[ListFile], tmp: Path, fingerprint: str, *, yielding: bool = False, parallel: bool = False
+    lists: Sequence[ListFile],
+    tmp: Path,
+    fingerprint: str,
+    *,
+    yielding: bool = False,
+    parallel: bool = False,
+    seed: int | None = None,
 ) -> CompileReport:
     """Compile into the new file `tmp` (fsynced; the caller renames it into place). `yielding`: hand the GIL to
     other threads every 1,024 names (a server compiling in this process while it answers; elsewhere each hand-over
     costs up to 0.1 ms for nothing: a tenth of a second a million names). `parallel`: a large list is read by two
-    processes (`_Part`): at start, when nothing is answered until the lists are in, every core helps."""
+    processes (`_Part`): at start, when nothing is answered until the lists are in, every core helps. `seed`: the
+    hash's (None: a new random one)."""
+    if seed is None:
+        seed = new_seed()
     estimate = sum(_count_lines(item.path) for item in lists)
     span = max(16, int(estimate / LOAD_FACTOR) + 1)
     while True:
         try:
-            return _compile(lists, tmp, span, fingerprint, yielding, parallel)
+            return _compile(lists, tmp, span, fingerprint, yielding, parallel, seed)
         except _TableFull:
             span *= 2  # a hosts file with many names a line: more entries than lines
 
@@ -170,7 +198,9 @@ def write_snapshot(
 CHILD_TIMEOUT = 600.0
 
 
-def _compile_isolated(lists: Sequence[ListFile], tmp: Path, fingerprint: str, parallel: bool = False) -> CompileReport:
+def _compile_isolated(
+    lists: Sequence[ListFile], tmp: Path, fingerprint: str, parallel: bool, seed: int
+) -> CompileReport:
     """write_snapshot() in a child process: the job as JSON on its stdin, the report on its stdout."""
     job = {
         "lists": [
@@ -179,6 +209,7 @@ def _compile_isolated(lists: Sequence[ListFile], tmp: Path, fingerprint: str, pa
         "out": str(tmp),
         "fingerprint": fingerprint,
         "parallel": parallel,
+        "seed": seed,
     }
     # -P: not the working directory on sys.path (only the installed filterd runs)
     command = [sys.executable, "-P", "-m", "filterd.blocklists.compiled"]
@@ -202,7 +233,7 @@ def _compile_isolated(lists: Sequence[ListFile], tmp: Path, fingerprint: str, pa
             "while it runs",
             (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1],
         )
-        return write_snapshot(lists, tmp, fingerprint, yielding=True)
+        return write_snapshot(lists, tmp, fingerprint, yielding=True, seed=seed)
     return _report_from_json(answer["report"])
 
 
@@ -246,7 +277,9 @@ def _child_main() -> int:
             os.nice(10)
     lists = [ListFile(name, cat, Path(path), fmt, sub, allow) for name, cat, path, fmt, sub, allow in job["lists"]]
     try:
-        report = write_snapshot(lists, Path(job["out"]), job["fingerprint"], parallel=bool(job.get("parallel")))
+        report = write_snapshot(
+            lists, Path(job["out"]), job["fingerprint"], parallel=bool(job.get("parallel")), seed=int(job["seed"])
+        )
     except (OSError, CompileError, ValueError) as exc:
         print(json.dumps({"error": str(exc)}))
         return 1
@@ -267,7 +300,7 @@ def _count_lines(path: Path) -> int:
 
 
 def _compile(
-    lists: Sequence[ListFile], tmp: Path, span: int, fingerprint: str, yielding: bool, parallel: bool = False
+    lists: Sequence[ListFile], tmp: Path, span: int, fingerprint: str, yielding: bool, parallel: bool, seed: int
 ) -> CompileReport:
     slots = span + SPILL
     table_bytes = slots * 12
@@ -280,7 +313,7 @@ def _compile(
             values = memoryview(mm)[_HEADER.size + slots * 8 : _HEADER.size + table_bytes].cast("I")
             try:
                 part_out = tmp.with_name(f"{tmp.name}.part") if parallel else None
-                meta = _fill(lists, hashes, values, span, limit, yielding, part_out)
+                meta = _fill(lists, hashes, values, span, limit, seed, yielding, part_out)
             finally:
                 hashes.release()
                 values.release()
@@ -290,7 +323,7 @@ def _compile(
         handle.seek(0, os.SEEK_END)
         handle.write(blob)
         handle.seek(0)
-        handle.write(_HEADER.pack(MAGIC, span, slots, len(blob)))
+        handle.write(_HEADER.pack(MAGIC, span, slots, len(blob), seed))
         handle.flush()
         os.fsync(handle.fileno())
     report = CompileReport(
@@ -305,8 +338,9 @@ def _compile(
 class _Table(Sink):
     """The open-addressed table being filled: the parser's sink, with the bookkeeping of the list being read."""
 
-    def __init__(self, hashes: Any, values: Any, span: int, limit: int) -> None:
+    def __init__(self, hashes: Any, values: Any, span: int, limit: int, seed: int) -> None:
         super().__init__()
+        self.seed = seed
         self.hashes = hashes
         self.values = values
         self.span = span
@@ -356,7 +390,7 @@ class _Table(Sink):
             self.sections.append((line, self.category_id(category or self.fallback)))
         kind = (_EXCEPTION if exception else 0) | (_SUBTREE if subtree else 0)
         value = kind | self.base | ((line if line <= _MAX_LINE else 0) << _LINE_SHIFT)
-        self.place(_from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1, value)
+        self.place(_xxh3(name.encode("ascii", "replace"), self.seed) or 1, value)
 
     def place(self, h: int, value: int) -> None:
         """Put one entry (its name's hash, its packed value) in the table, in hash order."""
@@ -406,14 +440,15 @@ def _fill(
     values: Any,
     span: int,
     limit: int,
+    seed: int,
     yielding: bool = False,
     part_out: Path | None = None,
 ) -> dict[str, Any]:
     """`part_out`: read a large list in two processes (`_Part`), the helper's entries passing through this file."""
-    table = _Table(hashes, values, span, limit)
+    table = _Table(hashes, values, span, limit, seed)
     if yielding:
         table.add = table.add_yielding  # type: ignore[method-assign]
-    part = _Part.start(lists, part_out) if part_out is not None else None
+    part = _Part.start(lists, part_out, seed) if part_out is not None else None
     counts: list[int] = []
     exceptions: list[int] = []
     read: list[int] = []
@@ -505,7 +540,7 @@ class _Part:
         self.helper = helper
 
     @classmethod
-    def start(cls, lists: Sequence[ListFile], out: Path) -> _Part | None:
+    def start(cls, lists: Sequence[ListFile], out: Path, seed: int) -> _Part | None:
         if (os.cpu_count() or 1) < 2 or not lists:
             return None
         try:
@@ -541,6 +576,7 @@ class _Part:
             "allow_suffixes": item.allow_suffixes,
             "out": str(out),
             "chunk": _CHUNK,
+            "seed": seed,
         }
         try:
             # -P: not the working directory on sys.path (only the installed filterd runs)
@@ -659,9 +695,16 @@ class _PartSink(Sink):
     changes, the rules, the skips; line numbers are the file's."""
 
     def __init__(
-        self, list_index: int, lines_before: int, out: BinaryIO, chunk: int, handed: Callable[[int], None] | None
+        self,
+        list_index: int,
+        lines_before: int,
+        out: BinaryIO,
+        chunk: int,
+        handed: Callable[[int], None] | None,
+        seed: int,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.category = _INHERITED
         self.offset = lines_before
         self.base = list_index << _KIND_BITS
@@ -687,9 +730,7 @@ class _PartSink(Sink):
             self.sections.append((line, category))
         kind = (_EXCEPTION if exception else 0) | (_SUBTREE if subtree else 0)
         self.values.append(kind | self.base | ((line if line <= _MAX_LINE else 0) << _LINE_SHIFT))
-        self.hashes.append(
-            _from_bytes(_blake2b(name.encode("ascii", "replace"), digest_size=8).digest(), "little") or 1
-        )
+        self.hashes.append(_xxh3(name.encode("ascii", "replace"), self.seed) or 1)
         if len(self.hashes) >= self.chunk:
             self.hand_over()
 
@@ -723,7 +764,7 @@ def _read_part(job: dict[str, Any], handed: Callable[[int], None] | None = None)
     `handed` once written; the rest is returned."""
     with open(job["out"], "wb") as out:
         os.fchmod(out.fileno(), 0o600)
-        sink = _PartSink(job["list"], job["lines"], out, job["chunk"], handed)
+        sink = _PartSink(job["list"], job["lines"], out, job["chunk"], handed, int(job["seed"]))
         with open(job["path"], "rb") as raw:
             raw.seek(job["start"])
             with io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as text:
@@ -748,7 +789,7 @@ class CompiledMatcher:
             header = handle.read(_HEADER.size)
             if len(header) != _HEADER.size:
                 raise CompileError(f"{path}: not a filterd snapshot (too short)")
-            magic, span, slots, meta_len = _HEADER.unpack(header)
+            magic, span, slots, meta_len, seed = _HEADER.unpack(header)
             if magic != MAGIC:
                 if magic.startswith(MAGIC[:6]):
                     raise CompileError(f"{path}: a snapshot in another version's layout")
@@ -762,6 +803,7 @@ class CompiledMatcher:
         self.path = path
         self.span = span
         self.slots = slots
+        self.seed = seed
         self._hashes = memoryview(self._mm)[_HEADER.size : _HEADER.size + slots * 8].cast("Q")
         self._values = memoryview(self._mm)[_HEADER.size + slots * 8 : _HEADER.size + slots * 12].cast("I")
         if self._hashes[slots - 1]:  # (every probe ends at an empty slot: the last one at the latest)
@@ -795,8 +837,6 @@ class CompiledMatcher:
             else [False] * len(self._lists)
         )
         self._index_memo: dict[frozenset[str], frozenset[int]] = {}
-        #: The hashes of parent names looked up lately (bounded): a blake2b costs 0.4 us, a dict lookup 0.03
-        self._parents: dict[str, int] = {}
 
     @property
     def fingerprint(self) -> str:
@@ -819,15 +859,14 @@ class CompiledMatcher:
         hashes = self._hashes
         span = self.span
         hits: list[tuple[str, bool, int]] | None = None
-        memo = self._parents
+        seed = self.seed
         allowed = None if lists is None else self._indexes(lists)
         first = 0 if allowed is None else min(allowed, default=-1)
         if not qname.isascii():  # (never a query's name: its text escapes every other byte; the block page's Host)
             qname = qname.encode("ascii", "replace").decode()  # as the compiler reads it: no name listed matches
         name = qname
         exact = True
-        # the query name itself is mostly new, not worth keeping (ASCII: its UTF-8 is the compiler's bytes)
-        h = _from_bytes(_blake2b(name.encode(), digest_size=8).digest(), "little") or 1
+        h = _xxh3(name.encode(), seed) or 1  # (ASCII: its UTF-8 is the compiler's bytes)
         while True:
             i = (h * span) >> 64
             stored = hashes[i]
@@ -840,8 +879,9 @@ class CompiledMatcher:
                     list_index = (value >> _KIND_BITS) & 0xFF
                     if list_index == first and self._exact_final[list_index]:
                         line = value >> _LINE_SHIFT
-                        category = self._category(list_index, line)
-                        return Match(self._lists[list_index], name, line, category, bool(value & _SUBTREE))
+                        category = self._one_category[list_index] or self._category(list_index, line)
+                        # (a NamedTuple made from a tuple: its generated __new__ costs more than the lookup)
+                        return _new(Match, (self._lists[list_index], name, line, category, value & _SUBTREE == 1))
                 if hits is None:
                     hits = []
                 while stored == h:
@@ -853,13 +893,7 @@ class CompiledMatcher:
                 break
             name = name[dot + 1 :]
             exact = False
-            # a parent is the same few (com, net, a popular site) again and again: remembered
-            h = memo.get(name, 0)
-            if not h:
-                h = _from_bytes(_blake2b(name.encode(), digest_size=8).digest(), "little") or 1
-                if len(memo) >= _PARENTS_MEMO:
-                    memo.clear()
-                memo[name] = h
+            h = _xxh3(name.encode(), seed) or 1
         if hits is None:
             if self.rules is None:
                 return None

@@ -58,42 +58,51 @@ _OPT_ONLY = b"\x00\x00\x00\x00\x00\x01"
 _OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
 
 
-def packet_key(data: bytes, group: bytes) -> tuple[bytes, int] | None:
-    """The cache key of a query and the offset just past its question, or None (not a query this cache can key:
-    the slow path will say why). Label lengths are under 64, so `bytes.lower()` on the name changes only its
-    letters."""
+def packet_key(data: bytes, group: bytes) -> tuple[bytes, int, int] | None:
+    """The cache key of a query, the offset just past its question and the number of labels in its name (-1 when
+    one is longer than 32 bytes), or None (not a query this cache can key: the slow path will say why). Label
+    lengths are under 64, so `bytes.lower()` on the name changes only its letters. The key is the group (2 bytes),
+    the header after the ID (10), then the name in wire form, lower case (`quick_question` reads it there)."""
     n = len(data)
     i = 12
+    labels = 0
     while i < n:
         length = data[i]
         if length == 0:
             break
-        if length > 63:
-            return None  # a compression pointer or an unknown label type: the slow path answers FORMERR
+        if length > 32:  # (one comparison a label for both checks: a label this long is rare)
+            if length > 63:
+                return None  # a compression pointer or an unknown label type: the slow path answers FORMERR
+            labels = -n  # (stays negative: fewer than n labels follow)
         i += length + 1
+        labels += 1
     else:
         return None
     qend = i + 5  # the root label, QTYPE, QCLASS
     if qend > n:
         return None
+    if labels < 0:
+        labels = -1
     if n == qend:
-        return b"".join((group, data[2:12], data[12:i].lower(), data[i:qend])), qend
+        return b"".join((group, data[2:12], data[12:i].lower(), data[i:qend])), qend, labels
     extra = data[qend:]
     size = n - qend
     if data[6:12] == _OPT_ONLY and extra[:3] == _OPT_HEAD and size >= 11 and (extra[9] << 8 | extra[10]) == size - 11:
         extra = extra[:9]  # the OPT's fixed fields (UDP size, extended rcode, version, DO); not its options
-    return b"".join((group, data[2:12], data[12:i].lower(), data[i:qend], extra)), qend
+    return b"".join((group, data[2:12], data[12:i].lower(), data[i:qend], extra)), qend, labels
 
 
 _HEADER = struct.Struct("!6H")
-#: The bytes a plain name's text may hold besides its dots (`wire.name_text`: printable ASCII but the space and `\\`)
+#: The bytes a plain name's text may hold (`wire.name_text`: printable ASCII but the space and `\\`; the dots)
 _PLAIN = bytes(range(0x21, 0x7F)).replace(b"\\", b"")
+#: A name's wire form to its text: each label's length byte (1-32) made a dot; every other byte kept
+_LENGTHS_TO_DOTS = bytes(46 if 0 < b <= 32 else b for b in range(256))
 _NO_OPTIONS = b""
 _new = tuple.__new__  # (a NamedTuple made from a tuple: no keyword handling, no defaults)
 
 
-def quick_question(data: bytes, qend: int) -> Question | None:
-    """The question of a query `packet_key` keyed (`qend`: the offset past its question), read as
+def quick_question(data: bytes, key: bytes, qend: int, labels: int) -> Question | None:
+    """The question of a query `packet_key` keyed (`key`, `qend`, `labels`: what it returned), read as
     `wire.parse_query` reads it, when the query has the usual shape: a QUERY with one question, nothing else but
     an EDNS version 0 OPT, a name of at most 255 bytes. None for anything else: `wire.parse_query` then reads
     it, and answers or drops what is wrong with it."""
@@ -115,21 +124,15 @@ def quick_question(data: bytes, qend: int) -> Question | None:
         if qend + 11 + rdlength != size or ttl & 0xFF0000:
             return None  # not the OPT alone; or an EDNS version other than 0 (BADVERS from the full parse)
         edns = _new(Edns, (udp_size, bool(ttl & DO_BIT), 0, data[qend + 11 :] if rdlength else _NO_OPTIONS))
-    # The name's text: its wire form with each label's length byte made a dot (the first one then cut off). That
-    # is `wire.name_text` when the labels hold only plain bytes and no dot; otherwise that function writes it.
-    text = bytearray(data[12:end])
-    i = 0
-    labels = 0
-    name_size = end - 12
-    while i < name_size:
-        length = text[i]
-        text[i] = 46
-        i += length + 1
-        labels += 1
-    if text.translate(None, _PLAIN) or text.count(46) != labels:
+    # The name's text: its wire form in lower case (the key's) with each label's length byte made a dot, the first
+    # one then cut off. That is `wire.name_text` when every label is at most 32 bytes (its length byte a control
+    # character) and holds only plain bytes, no dot: exactly one dot a label, nothing else to escape. Otherwise
+    # that function writes it.
+    text = key[12:end].translate(_LENGTHS_TO_DOTS)
+    if text.count(46) != labels or text.translate(None, _PLAIN):
         qname = name_text(read_name(data, 12)[0])  # (`packet_key` checked it: no pointer, no overrun)
     else:
-        qname = text[1:].decode("ascii").lower()
+        qname = text[1:].decode("ascii")
     qtype, qclass = _HH.unpack_from(data, end + 1)
     return _new(Question, (qid, flags, qname, qtype, qclass, data[12:qend], edns, qend))
 
@@ -201,9 +204,9 @@ class PacketCache:
         #: are asked again.
         self.once: set[bytes] = set()
         self.hits = 0
-        #: Set by `lookup` when it keyed the query but had no answer: (key, question end, the client's group), for
-        #: `quick` and `store`.
-        self.missed: tuple[bytes, int, Group | None] | None = None
+        #: Set by `lookup` when it keyed the query but had no answer: (key, question end, the client's group, the
+        #: name's labels), for `quick` and `store`.
+        self.missed: tuple[bytes, int, Group | None, int] | None = None
 
     @classmethod
     def of(cls, pipeline: Pipeline) -> PacketCache | None:
@@ -234,17 +237,17 @@ class PacketCache:
         keyed = packet_key(data, self.group_prefix(group))
         if keyed is None:
             return None
-        key, qend = keyed
+        key, qend, labels = keyed
         entry = self.entries.get(key)
         if entry is None or entry.group is not group:
-            self.missed = key, qend, group
+            self.missed = key, qend, group, labels
             return None
         cached = entry.cached
         if cached is not None:
             age = self.cache.clock() - cached.stored
             if age >= cached.ttl:
                 del self.entries[key]  # expired: the slow path fetches it again (or applies serve-stale's rules)
-                self.missed = key, qend, group
+                self.missed = key, qend, group, labels
                 return None
             if int(age) != entry.age:
                 entry.refresh(int(age))
@@ -269,8 +272,8 @@ class PacketCache:
         missed = self.missed
         if policy is None or missed is None:
             return None
-        _, qend, group = missed
-        q = quick_question(data, qend)
+        key, qend, group, labels = missed
+        q = quick_question(data, key, qend, labels)
         if q is None:
             return None
         query = Query(data, q, client_ip, protocol, group, logged=logged)
@@ -304,7 +307,7 @@ class PacketCache:
         self.missed = None
         if keyed is None or self.generation != self.cache.generation:
             return
-        key, qend, _ = keyed
+        key, qend, _, _ = keyed
         decision = answer.decision
         if decision is Decision.BLOCKED:
             once = self.once

@@ -161,8 +161,8 @@ def test_an_isolated_compile_gives_the_same_snapshot(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("# category: x\na.example\ncom\nbad..name\n@@||b.a.example^\n")
     (tmp_path / "b.txt").write_text("0.0.0.0 c.example d.example\n")
     specs = [ListFile("a", "a-cat", tmp_path / "a.txt", "adblock"), ListFile("b", "b-cat", tmp_path / "b.txt")]
-    here, here_matcher = compile_and_open(specs, tmp_path / "here.snapshot", fingerprint="f")
-    child, child_matcher = compile_and_open(specs, tmp_path / "child.snapshot", fingerprint="f", isolated=True)
+    here, here_matcher = compile_and_open(specs, tmp_path / "here.snapshot", fingerprint="f", seed=7)
+    child, child_matcher = compile_and_open(specs, tmp_path / "child.snapshot", fingerprint="f", isolated=True, seed=7)
     assert child == here and child.skipped["a"].count == 2
     assert (tmp_path / "child.snapshot").read_bytes() == (tmp_path / "here.snapshot").read_bytes()
     for name in ("a.example", "x.a.example", "b.a.example", "c.example", "com", "x.com"):
@@ -232,12 +232,28 @@ def test_a_snapshot_of_the_old_layout_is_compiled_again(tmp_path: Path, caplog: 
 
     (tmp_path / "a.txt").write_text("a.example\n")
     snapshot = tmp_path / "lists.snapshot"
-    snapshot.write_bytes(b"FDSNAP1\x00" + bytes(16) + bytes(12 * 16) + b"{}")  # an older filterd's snapshot
+    snapshot.write_bytes(b"FDSNAP2\x00" + bytes(24) + bytes(12 * 16) + b"{}")  # an older filterd's snapshot
     with pytest.raises(CompileError, match="another version"):
         CompiledMatcher(snapshot)
     loaded = load_lists([ListConfig(name="a", path=tmp_path / "a.txt")], None, snapshot)
     assert loaded.matcher.match("a.example") is not None
     assert "compiling again" in caplog.text
+
+
+def test_every_compile_hashes_with_a_secret_seed_of_its_own(tmp_path: Path) -> None:
+    """The table's hash (XXH3, not a cryptographic one) is seeded with 64 random bits drawn for each compile, so no
+    one who writes a list can make a name that collides with another under a seed they cannot read: the same lists
+    compiled twice give other hashes (and another file), and the same answers."""
+    (tmp_path / "a.txt").write_text("a.example\n@@||ok.a.example^\n||b.example^\n")
+    specs = [ListFile("a", "a", tmp_path / "a.txt", "adblock")]
+    compile_lists(specs, tmp_path / "one.bin")
+    compile_lists(specs, tmp_path / "two.bin")
+    one, two = CompiledMatcher(tmp_path / "one.bin"), CompiledMatcher(tmp_path / "two.bin")
+    assert one.seed != two.seed
+    assert (tmp_path / "one.bin").read_bytes() != (tmp_path / "two.bin").read_bytes()
+    for name in ("a.example", "x.a.example", "ok.a.example", "b.example", "c.b.example", "example", "z.example"):
+        assert one.match(name) == two.match(name), name
+    assert one.match("b.example") is not None and one.match("ok.a.example") is None
 
 
 def test_a_snapshot_whose_probes_could_run_off_the_end_is_refused(tmp_path: Path) -> None:
@@ -247,8 +263,8 @@ def test_a_snapshot_whose_probes_could_run_off_the_end_is_refused(tmp_path: Path
     (tmp_path / "a.txt").write_text("a.example\n")
     compile_lists([ListFile("a", "a", tmp_path / "a.txt", "domains")], good)
     data = bytearray(good.read_bytes())
-    header = struct.Struct("<8sQQQ")
-    _, _, slots, _ = header.unpack_from(data)
+    header = struct.Struct("<8sQQQQ")
+    _, _, slots, _, seed = header.unpack_from(data)
     last = header.size + (slots - 1) * 8
     used = bytearray(data)
     used[last : last + 8] = (12345).to_bytes(8, "little")
@@ -256,7 +272,7 @@ def test_a_snapshot_whose_probes_could_run_off_the_end_is_refused(tmp_path: Path
     with pytest.raises(CompileError, match="last slot"):
         CompiledMatcher(tmp_path / "used.bin")
     wide = bytearray(data)
-    header.pack_into(wide, 0, b"FDSNAP2\x00", slots, slots, len(data) - header.size - slots * 12)
+    header.pack_into(wide, 0, b"FDSNAP3\x00", slots, slots, len(data) - header.size - slots * 12, seed)
     (tmp_path / "wide.bin").write_bytes(wide)
     with pytest.raises(CompileError, match="span"):
         CompiledMatcher(tmp_path / "wide.bin")
@@ -307,21 +323,21 @@ def test_a_large_list_read_by_two_processes_compiles_to_the_same_bytes(
         ListFile("big", "fallback-cat", tmp_path / "big.txt", fmt),
     ]
     serial = tmp_path / "serial.snapshot"
-    report = compiled.write_snapshot(lists, serial, "fp")
+    report = compiled.write_snapshot(lists, serial, "fp", seed=7)
     monkeypatch.setattr(compiled, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(compiled, "_CHUNK", 97)  # handed over in many chunks, placed as they come
     monkeypatch.setattr(compiled.os, "cpu_count", lambda: 2)
     helpers: list[object] = []
     start = compiled._Part.start
 
-    def spy(lists: list[ListFile], out: Path) -> object:
-        part = start(lists, out)
+    def spy(lists: list[ListFile], out: Path, seed: int) -> object:
+        part = start(lists, out, seed)
         helpers.append(part.helper if part is not None else None)
         return part
 
     monkeypatch.setattr(compiled._Part, "start", spy)
     parallel = tmp_path / "parallel.snapshot"
-    assert compiled.write_snapshot(lists, parallel, "fp", parallel=True) == report
+    assert compiled.write_snapshot(lists, parallel, "fp", parallel=True, seed=7) == report
     assert helpers and helpers[0] is not None  # a helper process read the big list's rest
     assert parallel.read_bytes() == serial.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -342,12 +358,12 @@ def test_when_the_helper_cannot_help_this_process_reads_the_rest(
     (tmp_path / "big.txt").write_text(_parallel_sample("domains", "\n"))
     lists = [ListFile("big", "c", tmp_path / "big.txt", "domains")]
     serial = tmp_path / "serial.snapshot"
-    compiled.write_snapshot(lists, serial, "")
+    compiled.write_snapshot(lists, serial, "", seed=7)
     monkeypatch.setattr(compiled, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(compiled.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(compiled.sys, "executable", executable)
     parallel = tmp_path / "parallel.snapshot"
-    compiled.write_snapshot(lists, parallel, "", parallel=True)
+    compiled.write_snapshot(lists, parallel, "", parallel=True, seed=7)
     assert parallel.read_bytes() == serial.read_bytes()
 
 
@@ -364,7 +380,7 @@ def test_a_helper_that_fails_after_handing_some_over_loses_nothing(
     (tmp_path / "big.txt").write_text(_parallel_sample("domains", "\n"))
     lists = [ListFile("big", "c", tmp_path / "big.txt", "domains")]
     serial = tmp_path / "serial.snapshot"
-    compiled.write_snapshot(lists, serial, "")
+    compiled.write_snapshot(lists, serial, "", seed=7)
     failing = tmp_path / "failing_helper.py"
     failing.write_text(f"""
 import os, sys, time
@@ -394,7 +410,7 @@ sys.exit(compiled._child_main())
     monkeypatch.setattr(compiled.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(compiled.sys, "executable", str(wrapper))
     parallel = tmp_path / "parallel.snapshot"
-    compiled.write_snapshot(lists, parallel, "", parallel=True)
+    compiled.write_snapshot(lists, parallel, "", parallel=True, seed=7)
     assert parallel.read_bytes() == serial.read_bytes()
     assert "the helper reading the rest of" in caplog.text
     assert not (tmp_path / "parallel.snapshot.part").exists()
@@ -413,10 +429,10 @@ def test_where_the_list_cannot_be_split_one_reader_reads_it(
     (tmp_path / "l.txt").write_text(text, newline="")
     lists = [ListFile("l", "c", tmp_path / "l.txt", "domains")]
     serial = tmp_path / "serial.snapshot"
-    report = compiled.write_snapshot(lists, serial, "")
+    report = compiled.write_snapshot(lists, serial, "", seed=7)
     monkeypatch.setattr(compiled, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(compiled.os, "cpu_count", lambda: 2)
     parallel = tmp_path / "parallel.snapshot"
-    assert compiled.write_snapshot(lists, parallel, "", parallel=True) == report
+    assert compiled.write_snapshot(lists, parallel, "", parallel=True, seed=7) == report
     assert parallel.read_bytes() == serial.read_bytes()
     assert report.read["l"] + report.skipped["l"].count >= 1

@@ -35,7 +35,7 @@ def _query(name: str, rdtype: str = "A", **kw: object) -> bytes:
 
 def _quick(data: bytes) -> wire.Question | None:
     keyed = packet_key(data, b"\x00\x00")
-    return None if keyed is None else quick_question(data, keyed[1])
+    return None if keyed is None else quick_question(data, keyed[0], keyed[1], keyed[2])
 
 
 PADDING = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\x00" * 8)
@@ -50,6 +50,13 @@ PADDING = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\x00" * 8)
         _query("chat.example", "A", use_edns=0, options=[PADDING]),
         _query("."),
         _query("a\\.b.example"),  # a dot inside a label: escaped in the text, as the full parse escapes it
+        _query("a\\032b.example"),  # a space: the byte of a label 32 long, escaped in the text
+        # a label longer than 32 (its length byte printable) with a byte that a length byte of 32 or less would
+        # be (a space, a dot): one dot a label all the same, and yet not the text of plain labels
+        _query("x" * 44 + "\\032" + ".example"),
+        _query("x" * 45 + "\\..example"),
+        _query("x" * 33 + "\\046y" + ".Example"),
+        _query("Www." + "x" * 46 + ".example"),  # the length byte of 46 is itself a dot
         _query("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61),  # 255 bytes
     ],
 )
