@@ -56,6 +56,7 @@ MIN_SIZE = 1024
 #: an = 0, ns = 0, ar = 1: a query whose only extra record is (at most) its OPT
 _OPT_ONLY = b"\x00\x00\x00\x00\x00\x01"
 _OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+_NO_GROUP = b"\x00\x00"  # (`group_prefix(None)`)
 
 
 def packet_key(data: bytes, group: bytes) -> tuple[bytes, int, int] | None:
@@ -233,8 +234,12 @@ class PacketCache:
             self.generation = self.cache.generation
         if self.access is not None and not self.access.allowed(client_ip):
             return None
-        group = self.client.group_of(client_ip) if self.client is not None else None
-        keyed = packet_key(data, self.group_prefix(group))
+        if self.client is None:
+            group = None
+            keyed = packet_key(data, _NO_GROUP)
+        else:
+            group = self.client.group_of(client_ip)
+            keyed = packet_key(data, self.group_prefix(group))
         if keyed is None:
             return None
         key, qend, labels = keyed
