@@ -57,7 +57,7 @@ class QueryEvents:
         """A packet-cache hit (`fastpath.py`): the entry keeps its log tail, made at its first hit."""
         querylog = self.querylog
         if querylog is not None:
-            querylog.log(client_ip, entry_tail(entry), self.clock())
+            querylog.hit(client_ip, entry_tail(entry), self.clock)
         if self.engine is not None and entry.answer.decision is Decision.BLOCKED:
             group = "" if entry.group is None else entry.group.name
             self._observe(client_ip, group, entry.question.qname, entry.answer)

@@ -121,6 +121,10 @@ class QueryLog:
         #: writes once a page. `_clients`: who asked since the last write (their devices rows).
         self._pending: Page = ([], [], [])
         self._full: list[Page] = []
+        #: The packet cache's hits since the last write, counted by answer: (client, *tail) -> [first time, count].
+        #: A hit repeats an answer given a moment before, mostly to the same client, so one dict update stands for
+        #: what would be a row appended to a page, marshalled and counted again by the writer.
+        self._repeats: dict[tuple[str, ...], list[Any]] = {}
         self._clients: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -162,6 +166,28 @@ class QueryLog:
         fields.extend(tail)
         times.append(when)
         ms_list.append(ms)
+        self._clients.add(client)
+
+    def hit(self, client: str, tail: Tail, clock: Callable[[], float]) -> None:
+        """`log()` for a packet-cache hit (answered at once: no answer time): counted by client and answer for the
+        interval, and written as one row with its count, as the writer would have counted it (`clock` is asked
+        only for an answer's first time in the interval)."""
+        privacy = self.privacy
+        if privacy is not Privacy.FULL:
+            if privacy is Privacy.BLOCKED_ONLY and tail[3] != "blocked":
+                return
+            if privacy is Privacy.HASH_CLIENTS:
+                client = self._pseudonym(client)
+        key = (client, *tail)
+        repeats = self._repeats
+        seen = repeats.get(key)
+        if seen is not None:
+            seen[1] += 1
+            return
+        if len(repeats) >= self.max_queue:
+            self.stats.dropped += 1
+            return
+        repeats[key] = [clock(), 1]
         self._clients.add(client)
 
     def add(self, item: Pending) -> None:
@@ -241,8 +267,14 @@ class QueryLog:
         if child.stdout is not None:
             child.stdout.close()
 
-    def _ask(self, message: tuple[Any, ...], pages: Iterable[Page] = ()) -> tuple[Any, ...]:
-        """Send pages then a request to the writer; its reply. Holds `_lock`. Raises WriterError."""
+    def _ask(
+        self,
+        message: tuple[Any, ...],
+        pages: Iterable[Page] = (),
+        repeats: tuple[list[tuple[str, ...]], list[Any]] = ([], []),
+    ) -> tuple[Any, ...]:
+        """Send pages and counted hits (`repeats`: keys and their [first time, count]), then a request, to the
+        writer; its reply. Holds `_lock`. Raises WriterError."""
         child = self._writer()
         pipe: IO[bytes] | None = child.stdin
         assert pipe is not None and child.stdout is not None
@@ -256,6 +288,10 @@ class QueryLog:
             for fields, times, ms in pages:
                 pipe.write(frame(("page", fields, times, ms, jsonl)))
                 time.sleep(0)  # hand the GIL back to the event loop between pages
+            keys, counts = repeats
+            for start in range(0, len(keys), PAGE):
+                pipe.write(frame(("repeats", keys[start : start + PAGE], counts[start : start + PAGE], jsonl)))
+                time.sleep(0)
             pipe.write(frame(message))
             pipe.flush()
             reply = read_frame(child.stdout)
@@ -276,15 +312,17 @@ class QueryLog:
         with self._lock:
             pages, self._full = self._full, []
             page, self._pending = self._pending, ([], [], [])  # the query path moves on to a new page
+            repeats, self._repeats = self._repeats, {}
             clients, self._clients = self._clients, set()
             if page[1]:
                 pages.append(page)
-            if not pages:
+            if not pages and not repeats:
                 return 0
-            queries = sum(len(p[1]) for p in pages)
+            keys, counts = list(repeats), list(repeats.values())
+            queries = sum(len(p[1]) for p in pages) + sum(count for _, count in counts)
             devices = self._device_rows(clients, self.clock())
             try:
-                reply = self._ask(("commit", devices), pages)
+                reply = self._ask(("commit", devices), pages, (keys, counts))
             except WriterError as exc:
                 reply = ("error", queries, str(exc))
             if reply[0] != "ok":

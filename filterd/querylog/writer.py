@@ -14,6 +14,9 @@ numbers: nothing in it can run code). Requests:
                                      answer after another (client, group, name, qtype, decision, list,
                                      category); answer i was at times[i], in ms[i] milliseconds; also to the
                                      JSONL file jsonl, if not "". No reply (the next "commit" says how they went)
+    ("repeats", keys, counts, jsonl)  packet-cache hits the server counted itself: keys[i] is an answer's key
+                                     (client, group, name, qtype, decision, list, category), counts[i] its
+                                     [first time, count] (no answer time: answered at once). No reply
     ("commit", devices)              write the pages since the last commit, one row per distinct key with its
                                      count, first time and mean answer time, and the changed devices rows
                                      (client, mac, device, seen), in one transaction ->
@@ -36,7 +39,7 @@ import sqlite3
 import struct
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import chain, compress, repeat
 from operator import itemgetter, truediv
 from pathlib import Path
@@ -120,9 +123,18 @@ class Batch(NamedTuple):
     n: list[int]
 
 
-def batch_of(keys: list[Any], times: list[float], ms: list[float]) -> Batch:
+def batch_of(
+    keys: list[Any], times: list[float], ms: list[float], repeats: Iterable[tuple[Any, list[Any]]] = ()
+) -> Batch:
+    """`repeats`: answers the server counted itself, (key, [first time, count]); each one joins the row of its key
+    (Python per distinct key, not per answer)."""
     counts = Counter(keys)
     first = dict(zip(reversed(keys), reversed(times), strict=True))  # the earliest time is set last
+    for key, (when, count) in repeats:
+        counts[key] += count
+        seen = first.get(key)
+        if seen is None or when < seen:
+            first[key] = when
     total: dict[Any, float] = {}
     for key, m in compress(zip(keys, ms, strict=True), ms):  # (only answers that waited for an upstream have one)
         total[key] = total.get(key, 0.0) + m
@@ -180,6 +192,8 @@ class Writer:
         self.keys: list[Any] = []
         self.times: list[float] = []
         self.ms: list[float] = []
+        #: the hits the server counted itself since the last commit: (key, [first time, count])
+        self.repeats: list[tuple[Any, list[Any]]] = []
         self.jsonl = ""
         #: client -> (mac, device) as last written (for the JSONL sink's rows)
         self.devices: dict[str, tuple[str, str]] = {}
@@ -224,11 +238,15 @@ class Writer:
         self.ms.extend(ms)
         self.jsonl = jsonl
 
+    def repeated(self, keys: list[Any], counts: list[Any], jsonl: str) -> None:
+        self.repeats.extend(zip(map(tuple, keys), counts, strict=True))  # (tuples: dict keys)
+        self.jsonl = jsonl
+
     def commit(self, devices: list[tuple[str, str, str, float]]) -> tuple[Any, ...]:
-        keys, times, ms, jsonl = self.keys, self.times, self.ms, self.jsonl
-        self.keys, self.times, self.ms, self.jsonl = [], [], [], ""
-        queries = len(keys)
-        batch = batch_of(keys, times, ms)
+        keys, times, ms, repeats, jsonl = self.keys, self.times, self.ms, self.repeats, self.jsonl
+        self.keys, self.times, self.ms, self.repeats, self.jsonl = [], [], [], [], ""
+        queries = len(keys) + sum(count for _, (_, count) in repeats)
+        batch = batch_of(keys, times, ms, repeats)
         try:
             db = self._db()
             db.execute("BEGIN")
@@ -295,6 +313,9 @@ class Writer:
         op = message[0]
         if op == "page":
             self.page(message[1], message[2], message[3], message[4])
+            return None
+        if op == "repeats":
+            self.repeated(message[1], message[2], message[3])
             return None
         if op == "commit":
             return self.commit(message[1])

@@ -186,6 +186,27 @@ def test_the_log_has_a_row_per_query_with_who_and_what(
     assert server.app.querylog.rows() == []
 
 
+def test_answers_from_the_packet_cache_are_logged_with_their_count(
+    start_filterd: Callable[..., RunningFilterd], dnsmasq: Dnsmasq, tmp_path: Path, clock: Clock
+) -> None:
+    """Repeated questions, answered from the packet cache after their first or second time, are each in the log:
+    counted, by client, name and answer, as rows with a count."""
+    server = start_filterd(config(dnsmasq, tmp_path, "querylog: {retention: 14d}"), clock=clock)
+    for _ in range(6):
+        ask(server, "omegle.com", "127.0.0.2")
+        ask(server, "example.org", "127.0.0.2")
+        ask(server, "omegle.com", "127.0.0.3")
+    assert server.app is not None and server.app.querylog is not None
+    counted: dict[tuple[str, str], int] = {}
+    for row in server.app.querylog.rows(limit=None):
+        key = (row.client, row.name)
+        counted[key] = counted.get(key, 0) + row.count
+        assert row.decision == ("blocked" if row.name == "omegle.com" else "forwarded"), row  # (dnsmasq's TTL: 0)
+    assert counted == {("127.0.0.2", "omegle.com"): 6, ("127.0.0.3", "omegle.com"): 6, ("127.0.0.2", "example.org"): 6}
+    fast = server.app.handler.fast
+    assert fast is not None and fast.hits == 8  # a blocked answer is kept at its second time: 4 hits a client
+
+
 @pytest.mark.parametrize(
     ("privacy", "expected"),
     [

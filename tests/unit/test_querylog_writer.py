@@ -56,6 +56,57 @@ def test_pages_of_one_interval_make_one_row_per_question(tmp_path: Path) -> None
         log.stop()
 
 
+def test_hits_counted_on_the_query_path_join_the_rows_of_their_answers(tmp_path: Path) -> None:
+    """The packet cache's hits are counted by client and answer as they come (one dict update each, no row): the
+    log then holds what it would hold had each been noted as a row, a row per question, client and answer with
+    its count and first time, merged with the same answers noted as rows in the interval."""
+    log = QueryLog(tmp_path / "q.sqlite")
+    asked: list[float] = []
+
+    def clock() -> float:
+        asked.append(200.0 + len(asked))
+        return asked[-1]
+
+    try:
+        log.log("10.0.0.2", BLOCK, 150.0)  # the slow path's answer, then the same answer from the packet cache
+        for _ in range(500):
+            log.hit("10.0.0.2", BLOCK, clock)
+            log.hit("10.0.0.3", BLOCK, clock)
+        log.hit("10.0.0.2", FORWARD, clock)
+        assert asked == [200.0, 201.0, 202.0]  # the time of an answer's first hit only
+        assert log.flush() == 3
+        assert _stored(tmp_path / "q.sqlite") == [
+            (150.0, "10.0.0.2", "omegle.com", "blocked", 501),
+            (201.0, "10.0.0.3", "omegle.com", "blocked", 500),
+            (202.0, "10.0.0.2", "example.org", "forwarded", 1),
+        ]
+        assert log.stats.written == 1002
+        log.hit("10.0.0.2", BLOCK, clock)  # the next interval: a row of its own
+        assert log.flush() == 1
+        assert _stored(tmp_path / "q.sqlite")[-1] == (203.0, "10.0.0.2", "omegle.com", "blocked", 1)
+    finally:
+        log.stop()
+
+
+def test_hits_of_more_answers_than_a_page_are_all_written(tmp_path: Path) -> None:
+    log = QueryLog(tmp_path / "q.sqlite", max_queue=PAGE * 3)
+    try:
+        for i in range(PAGE * 4):  # a page and a half of different answers, each hit twice; then too many
+            log.hit("10.0.0.2", ("", f"n{i}.example", "A", "cached", "", ""), lambda: 100.0)
+            if i < PAGE * 3 // 2:
+                log.hit("10.0.0.2", ("", f"n{i}.example", "A", "cached", "", ""), lambda: 100.0)
+        assert log.stats.dropped == PAGE
+        assert log.flush() == PAGE * 3
+        with sqlite3.connect(tmp_path / "q.sqlite") as db:
+            assert db.execute("SELECT count(*), sum(n), max(n) FROM queries").fetchone() == (
+                PAGE * 3,
+                PAGE * 3 + PAGE * 3 // 2,
+                2,
+            )
+    finally:
+        log.stop()
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 def test_the_writer_runs_only_on_a_cpu_with_nothing_else_to_run(tmp_path: Path) -> None:
     """SCHED_IDLE: a query never waits for the writer's turn on a core (at nice 10 it kept a core for up to 4.5 ms
@@ -129,6 +180,10 @@ def test_privacy_is_applied_before_anything_leaves_the_query_path(tmp_path: Path
     try:
         log.log("10.0.0.2", BLOCK, 100.0)
         log.log("10.0.0.2", FORWARD, 101.0)
+        log.hit("10.0.0.2", FORWARD, lambda: 102.0)  # the packet cache's hits too
+        assert list(log._repeats) == (
+            [] if privacy is Privacy.BLOCKED_ONLY else [(log.client_key("10.0.0.2"), *FORWARD)]
+        )
         pending = keys_of(log._pending[0])
         if privacy is Privacy.BLOCKED_ONLY:
             assert pending == [("10.0.0.2", *BLOCK)]
@@ -140,7 +195,10 @@ def test_privacy_is_applied_before_anything_leaves_the_query_path(tmp_path: Path
         if privacy is Privacy.BLOCKED_ONLY:
             assert [row[3] for row in stored] == ["blocked"]
         else:
-            assert [row[1] for row in stored] == [log.client_key("10.0.0.2")] * 2
+            assert [(row[1], row[4]) for row in stored] == [
+                (log.client_key("10.0.0.2"), 1),
+                (log.client_key("10.0.0.2"), 2),
+            ]
     finally:
         log.stop()
 
