@@ -134,10 +134,13 @@ class BypassStage(PassThrough):
         return self.enabled
 
     def answer_now(self, query: Query) -> Answer | None:
+        q = query.question
+        qname = q.qname
+        if not qname.endswith(self._suffixes) and (q.qtype not in _DDR_TYPES or not qname.startswith("_")):
+            return None  # most names: what `decide` looks at first, without the call
         if not (self.enabled if query.group is None else self.enabled_for(query.group)):
             return None
-        q = query.question
-        signal = self.decide(q.qname, q.qtype)
+        signal = self.decide(qname, q.qtype)
         if signal is None:
             return None
         reply = wire.build_reply(q, signal.rcode, authority=(self._soa[signal.name],), ede=self._ede)
