@@ -149,12 +149,11 @@ class QueryLog:
         The writer counts what the interval's pages hold: the same question from the same client with the same
         answer within one write interval (a second) becomes one row with a count. `ms`: the answer time, for
         forwarded answers (0 for those answered at once)."""
-        privacy = self.privacy
-        if privacy is not Privacy.FULL:
-            if privacy is Privacy.BLOCKED_ONLY and tail[3] != "blocked":
+        if self.privacy is not Privacy.FULL:
+            kept = self._private(client, tail)
+            if kept is None:
                 return
-            if privacy is Privacy.HASH_CLIENTS:
-                client = self._pseudonym(client)
+            client = kept
         fields, times, ms_list = self._pending
         if len(times) >= PAGE:
             if (len(self._full) + 1) * PAGE >= self.max_queue:
@@ -172,12 +171,11 @@ class QueryLog:
         """`log()` for a packet-cache hit (answered at once: no answer time): counted by client and answer for the
         interval, and written as one row with its count, as the writer would have counted it (`clock` is asked
         only for an answer's first time in the interval)."""
-        privacy = self.privacy
-        if privacy is not Privacy.FULL:
-            if privacy is Privacy.BLOCKED_ONLY and tail[3] != "blocked":
+        if self.privacy is not Privacy.FULL:
+            kept = self._private(client, tail)
+            if kept is None:
                 return
-            if privacy is Privacy.HASH_CLIENTS:
-                client = self._pseudonym(client)
+            client = kept
         key = (client, *tail)
         repeats = self._repeats
         seen = repeats.get(key)
@@ -189,6 +187,12 @@ class QueryLog:
             return
         repeats[key] = [clock(), 1]
         self._clients.add(client)
+
+    def _private(self, client: str, tail: Tail) -> str | None:
+        """Under a privacy mode other than `full`: the client as the log keeps it, or None (the answer is not kept)."""
+        if self.privacy is Privacy.BLOCKED_ONLY and tail[3] != "blocked":
+            return None
+        return self._pseudonym(client) if self.privacy is Privacy.HASH_CLIENTS else client
 
     def add(self, item: Pending) -> None:
         """`log()` with the fields in one tuple."""
