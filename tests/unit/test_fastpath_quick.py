@@ -96,6 +96,33 @@ def test_a_quick_read_is_the_full_parse_or_nothing(data: st.DataObject) -> None:
     assert quick == wire.parse_query(raw)
 
 
+_LABEL = st.one_of(
+    st.binary(min_size=1, max_size=63),  # any byte: dots, spaces, escapes, length-like bytes
+    st.text(alphabet="abcXYZ019-_", min_size=1, max_size=63).map(str.encode),  # the usual: read quickly
+    # a long label with one byte a short label's length byte would be (or a dot): one dot a label all the same
+    st.builds(
+        lambda text, odd, at: text[:at] + odd + text[at:],
+        st.text(alphabet="abc", min_size=32, max_size=62).map(str.encode),
+        st.sampled_from([b" ", b".", b"\x01", b"\x1f"]),
+        st.integers(0, 62),
+    ),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_LABEL, max_size=5), st.sampled_from([1, 28, 65, 255]))
+def test_a_name_of_any_labels_is_read_quickly_as_the_full_parse_reads_it(labels: list[bytes], qtype: int) -> None:
+    """Labels of every length (a label over 32 bytes has a printable length byte) and every byte: the quick read
+    gives the full parse's question, text included; it gives up only on what the full parse refuses."""
+    name = b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+    raw = bytes.fromhex("109201000001000000000000") + name + qtype.to_bytes(2, "big") + b"\x00\x01"
+    try:
+        full: wire.Question | None = wire.parse_query(raw)
+    except wire.WireError:
+        full = None
+    assert _quick(raw) == full  # (None both ways: a name over 255 bytes, which the full parse refuses)
+
+
 # --- the whole handler: the quick check against the slow path ---------------------------------------------------
 
 LIST = """\
