@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from filterd.querylog.record import Privacy, Record, pseudonym
-from filterd.querylog.writer import frame, read_frame
+from filterd.querylog.writer import WIDTH, frame, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -318,11 +318,17 @@ class QueryLog:
             page, self._pending = self._pending, ([], [], [])  # the query path moves on to a new page
             repeats, self._repeats = self._repeats, {}
             clients, self._clients = self._clients, set()
-            if page[1]:
-                pages.append(page)
-            if not pages and not repeats:
+            # The query path may be in the middle of noting an answer in the page or the dict just swapped out (this
+            # thread can take the GIL between its appends): take what is whole now, each in one C call; an answer
+            # noted after this is not written.
+            fields, times, ms = page
+            rows = min(len(fields) // WIDTH, len(times), len(ms))
+            if rows:
+                pages.append((fields[: rows * WIDTH], times[:rows], ms[:rows]))
+            items = list(repeats.items())
+            if not pages and not items:
                 return 0
-            keys, counts = list(repeats), list(repeats.values())
+            keys, counts = [key for key, _ in items], [count for _, count in items]
             queries = sum(len(p[1]) for p in pages) + sum(count for _, count in counts)
             devices = self._device_rows(clients, self.clock())
             try:

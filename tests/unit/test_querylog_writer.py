@@ -107,6 +107,26 @@ def test_hits_of_more_answers_than_a_page_are_all_written(tmp_path: Path) -> Non
         log.stop()
 
 
+def test_an_answer_half_noted_when_the_page_is_taken_costs_only_itself(tmp_path: Path) -> None:
+    """The writer thread may take the page while the query path is between its appends (the GIL changes hands
+    there): the whole rows are written, the half one is left out, and the batch does not fail."""
+    log = QueryLog(tmp_path / "q.sqlite")
+    try:
+        log.log("10.0.0.2", BLOCK, 100.0)
+        fields, _, _ = log._pending
+        fields.append("10.0.0.3")  # the next answer's fields noted, its time not yet
+        fields.extend(FORWARD)
+        log.hit("10.0.0.4", BLOCK, lambda: 101.0)
+        assert log.flush() == 2
+        assert _stored(tmp_path / "q.sqlite") == [
+            (100.0, "10.0.0.2", "omegle.com", "blocked", 1),
+            (101.0, "10.0.0.4", "omegle.com", "blocked", 1),
+        ]
+        assert log.stats.failed == 0 and log.stats.written == 2
+    finally:
+        log.stop()
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 def test_the_writer_runs_only_on_a_cpu_with_nothing_else_to_run(tmp_path: Path) -> None:
     """SCHED_IDLE: a query never waits for the writer's turn on a core (at nice 10 it kept a core for up to 4.5 ms
