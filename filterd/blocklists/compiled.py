@@ -79,11 +79,6 @@ _new = tuple.__new__
 _NONE: set[int] = set()  # (never changed: no list excepted)
 
 
-def name_hash(name: str, seed: int) -> int:
-    """The 64-bit hash of a name in a snapshot with this seed (Python's own hash() differs per process)."""
-    return _xxh3(name.encode("ascii", "replace"), seed) or 1
-
-
 def new_seed() -> int:
     return secrets.randbits(64)
 
@@ -174,17 +169,15 @@ def write_snapshot(
     tmp: Path,
     fingerprint: str,
     *,
+    seed: int,
     yielding: bool = False,
     parallel: bool = False,
-    seed: int | None = None,
 ) -> CompileReport:
-    """Compile into the new file `tmp` (fsynced; the caller renames it into place). `yielding`: hand the GIL to
-    other threads every 1,024 names (a server compiling in this process while it answers; elsewhere each hand-over
-    costs up to 0.1 ms for nothing: a tenth of a second a million names). `parallel`: a large list is read by two
-    processes (`_Part`): at start, when nothing is answered until the lists are in, every core helps. `seed`: the
-    hash's (None: a new random one)."""
-    if seed is None:
-        seed = new_seed()
+    """Compile into the new file `tmp` (fsynced; the caller renames it into place), its names hashed with `seed`.
+    `yielding`: hand the GIL to other threads every 1,024 names (a server compiling in this process while it
+    answers; elsewhere each hand-over costs up to 0.1 ms for nothing: a tenth of a second a million names).
+    `parallel`: a large list is read by two processes (`_Part`): at start, when nothing is answered until the lists
+    are in, every core helps."""
     estimate = sum(_count_lines(item.path) for item in lists)
     span = max(16, int(estimate / LOAD_FACTOR) + 1)
     while True:
