@@ -77,6 +77,8 @@ class Stage(Protocol):
 
     def answer_now(self, query: Query) -> Answer | None: ...
 
+    def quiet(self, qname: str, qtype: int) -> bool: ...
+
     async def handle(self, query: Query, call_next: CallNext) -> Answer: ...
 
 
@@ -95,6 +97,12 @@ class PassThrough:
 
     def answer_now(self, query: Query) -> Answer | None:
         return None
+
+    def quiet(self, qname: str, qtype: int) -> bool:
+        """True only when `answer_now` returns None for every query of this name and type, from any client: the
+        packet cache's quick lane then goes past this stage without a `Query` (`transport/fastpath.py`). A stage
+        that answers at once must say so for itself; False is always safe (the query takes the stages)."""
+        return type(self).answer_now is PassThrough.answer_now
 
     async def handle(self, query: Query, call_next: CallNext) -> Answer:
         return await call_next(query)

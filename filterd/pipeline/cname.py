@@ -21,6 +21,6 @@ class CnameStage(PassThrough):
         for target in answer.response.cnames:
             match = self.policy.decide(target, query.group)
             if match is not None:
-                reply = self.policy.reply(query, match)
+                reply = self.policy.reply(query.question, match)
                 return Answer(reply, Decision.BLOCKED, match.list, category=match.category)
         return answer

@@ -94,11 +94,14 @@ class DdrStage(PassThrough):
             f"bypass protection's NODATA)"
         )
 
+    def quiet(self, qname: str, qtype: int) -> bool:
+        return qtype != wire.T_SVCB or qname not in self._answers
+
     def answer_now(self, query: Query) -> Answer | None:
         q = query.question
-        if q.qtype != wire.T_SVCB or not self._answers:
+        if self.quiet(q.qname, q.qtype):
             return None
-        records = self._answers.get(q.qname)
+        records = self._answers.get(q.qname) if q.qtype == wire.T_SVCB else None
         if records is None:
             return None
         return Answer(wire.build_reply(q, wire.NOERROR, answers=records), Decision.LOCAL, "ddr")

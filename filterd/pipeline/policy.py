@@ -17,6 +17,7 @@ from filterd.blocklists.local import LOCAL_LIST, LocalLists
 from filterd.blocklists.matcher import BlockIndex, Match
 from filterd.blocklists.rules import rule_kind
 from filterd.dns.names import covering
+from filterd.dns.wire import Question
 from filterd.groups.model import Group, stay_healthy_names
 from filterd.pipeline.base import Answer, Decision, PassThrough, Query
 from filterd.sinkhole import BlockedReplies
@@ -86,10 +87,9 @@ class PolicyStage(PassThrough):
             return Match(f"schedule:{','.join(sorted(group.active))}", qname, 0, SCHEDULE_CATEGORY, True)
         return self.matcher.match(qname, group.lists)
 
-    def reply(self, query: Query, match: Match) -> bytes:
+    def reply(self, q: Question, match: Match) -> bytes:
         """The blocked reply; a negative answer's SOA is owned by the listed name, or the query name when a brand
         rule or a pattern matched."""
-        q = query.question
         entry = match.entry
         if entry != q.qname and rule_kind(entry) != "name":
             entry = q.qname
@@ -105,4 +105,4 @@ class PolicyStage(PassThrough):
 
     def blocked(self, query: Query, match: Match) -> Answer:
         # (made from a tuple: a NamedTuple's generated __new__ would cost half as much as the reply itself)
-        return _new(Answer, (self.reply(query, match), Decision.BLOCKED, match.list, None, match.category))
+        return _new(Answer, (self.reply(query.question, match), Decision.BLOCKED, match.list, None, match.category))

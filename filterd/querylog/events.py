@@ -10,7 +10,9 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
+from filterd.blocklists.matcher import Match
 from filterd.dns.wire import QTYPE_LABELS, Question
+from filterd.groups.model import Group
 from filterd.pipeline.base import Answer, Decision, Query
 from filterd.querylog.store import QueryLog, Tail
 from filterd.safeguarding.engine import Alert, AlertEngine
@@ -47,11 +49,21 @@ class QueryEvents:
         if decision not in _DECISION_TEXT:
             return  # rate limited or dropped: a flood's queries, counted in metrics, not worth a row each
         group = "" if query.group is None else query.group.name
+        self.note(query.client_ip, log_tail(group, query.question, answer), answer_ms(query))
+
+    def blocked(self, client_ip: str, group: Group | None, question: Question, match: Match) -> None:
+        """`answered` for a new blocked name the packet cache's quick check answered whole (`fastpath.py`), with
+        no `Query` or `Answer` made."""
+        name = "" if group is None else group.name
+        self.note(client_ip, blocked_tail(name, question, match.list, match.category), 0.0)
+
+    def note(self, client_ip: str, tail: Tail, ms: float) -> None:
+        """One answer, given now: a row in the query log, and a block counted for the alerts."""
         querylog = self.querylog
         if querylog is not None:
-            querylog.log(query.client_ip, log_tail(group, query.question, answer), self.clock(), answer_ms(query))
-        if decision is Decision.BLOCKED and self.engine is not None:
-            self._observe(query.client_ip, group, query.question.qname, answer)
+            querylog.log(client_ip, tail, self.clock(), ms)
+        if tail[3] == _BLOCKED and self.engine is not None:
+            self._observe(client_ip, tail)
 
     def hit(self, entry: Entry, client_ip: str) -> None:
         """A packet-cache hit (`fastpath.py`): the entry keeps its log tail, made at its first hit."""
@@ -59,24 +71,22 @@ class QueryEvents:
         if querylog is not None:
             querylog.hit(client_ip, entry_tail(entry), self.clock)
         if self.engine is not None and entry.answer.decision is Decision.BLOCKED:
-            group = "" if entry.group is None else entry.group.name
-            self._observe(client_ip, group, entry.question.qname, entry.answer)
+            self._observe(client_ip, entry_tail(entry))
 
     def replay(self, rows: Iterable[Row]) -> None:
-        """Answers a worker process gave (`filterd/workers/`), as (client, log tail, time, ms): logged and counted
-        for the alerts here, as if this process had given them."""
+        """Answers a worker process gave (`filterd/workers/`), as (client, log tail, time, milliseconds): logged and
+        counted for the alerts here, as if this process had given them."""
         querylog, engine = self.querylog, self.engine
         for client_ip, tail, when, ms in rows:
             if querylog is not None:
                 querylog.log(client_ip, tail, when, ms)
             if engine is not None and tail[3] == _BLOCKED:
-                alerts = engine.observe(client_ip, tail[0], tail[1], tail[5], tail[4])
-                if alerts:
-                    self.on_alerts(alerts)
+                self._observe(client_ip, tail)
 
-    def _observe(self, client_ip: str, group: str, name: str, answer: Answer) -> None:
+    def _observe(self, client_ip: str, tail: Tail) -> None:
+        """A block, for the alert engine: (client, group, name, category, list) from the log tail."""
         assert self.engine is not None
-        alerts = self.engine.observe(client_ip, group, name, answer.category, answer.reason)
+        alerts = self.engine.observe(client_ip, tail[0], tail[1], tail[5], tail[4])
         if alerts:
             self.on_alerts(alerts)
 
@@ -96,16 +106,18 @@ def entry_tail(entry: Entry) -> Tail:
 
 
 def log_tail(group: str, question: Question, answer: Answer) -> Tail:
-    """What the query log keeps of an answer besides who and when (plain strings: the writer marshals them)."""
+    """What the query log keeps of an answer besides who and when (plain strings: the writer marshals them):
+    group, name, type, decision, list (a block's only), category."""
     decision = answer.decision
-    return (
-        group,
-        question.qname,
-        QTYPE_LABELS.get(question.qtype, "other"),
-        _DECISION_TEXT[decision],
-        answer.reason if decision is Decision.BLOCKED else "",
-        answer.category,
-    )
+    if decision is Decision.BLOCKED:
+        return blocked_tail(group, question, answer.reason, answer.category)
+    qtype = QTYPE_LABELS.get(question.qtype, "other")
+    return (group, question.qname, qtype, _DECISION_TEXT[decision], "", answer.category)
+
+
+def blocked_tail(group: str, question: Question, listed: str, category: str) -> Tail:
+    """`log_tail` of a block by `listed` (a list's name, or the local entries, a group's or a schedule's)."""
+    return (group, question.qname, QTYPE_LABELS.get(question.qtype, "other"), _BLOCKED, listed, category)
 
 
 #: A worker relays its answers at most this often (seconds), and at most this many in one batch (the rest of a
@@ -130,11 +142,8 @@ class RelayEvents(QueryEvents):
     def enabled(self) -> bool:
         return True
 
-    def answered(self, query: Query, answer: Answer) -> None:
-        if answer.decision not in _DECISION_TEXT:
-            return
-        group = "" if query.group is None else query.group.name
-        self._add((query.client_ip, log_tail(group, query.question, answer), self.clock(), answer_ms(query)))
+    def note(self, client_ip: str, tail: Tail, ms: float) -> None:
+        self._add((client_ip, tail, self.clock(), ms))
 
     def hit(self, entry: Entry, client_ip: str) -> None:
         self._add((client_ip, entry_tail(entry), self.clock(), 0.0))

@@ -37,7 +37,9 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from filterd.blocklists.matcher import Match
 from filterd.dns.response import Response
 from filterd.dns.wire import DO_BIT, Edns, Question, name_text, read_name
 from filterd.groups.model import Group
@@ -138,6 +140,19 @@ def quick_question(data: bytes, key: bytes, qend: int, labels: int) -> Question 
     return _new(Question, (qid, flags, qname, qtype, qclass, data[12:qend], edns, qend))
 
 
+def _never_quiet(qname: str, qtype: int) -> bool:
+    return False  # (a stage with no `quiet` of its own: every query takes the stages)
+
+
+class Blocked(NamedTuple):
+    """A new blocked name answered by `PacketCache.quick`: the reply, and what the count and the query log need."""
+
+    reply: bytes
+    question: Question
+    match: Match
+    group: Group | None
+
+
 @dataclass(slots=True)
 class Entry:
     """One finished reply: `head` (flags and counts) and `tail` (everything after the question) around the
@@ -180,8 +195,8 @@ class PacketCache:
         self.access: AccessStage | None = None
         self.ratelimit: RateLimitStage | None = None
         self.client: ClientStage | None = None
-        #: The policy stage and the `answer_now` of the stages before it that this class does not stand in for
-        #: (DDR, the bypass signals, the local names): `quick`'s checks.
+        #: The policy stage, and the `quiet` of the stages before it that this class does not stand in for (DDR,
+        #: the bypass signals, the local names): `quick`'s checks.
         self.policy: PolicyStage | None = None
         checks = []
         for stage in pipeline.stages:
@@ -196,7 +211,7 @@ class PacketCache:
                 self.policy = stage
                 break
             elif not isinstance(stage, CacheStage):
-                checks.append(stage.answer_now)
+                checks.append(getattr(stage, "quiet", _never_quiet))
         self._checks = tuple(checks)
         self._prefix: dict[int, bytes] = {}
         #: The keys of blocked answers given once lately (at most `size`, then forgotten together): a blocked reply
@@ -263,16 +278,25 @@ class PacketCache:
         self.hits += 1
         return b"".join((data[:2], entry.head, data[12 : entry.qend], entry.tail)), entry
 
-    def quick(self, data: bytes, client_ip: str, protocol: str, logged: bool) -> tuple[Query, Answer | None] | None:
-        """After `lookup` missed: a name the lists block, answered without the full parse or the stages that
-        cannot answer for it. Returns the query and its blocked answer; or the query and None, for the slow path
-        to go on with (the policy's decision made, if it was); or None (not the usual shape: the full parse).
+    def quick(
+        self, data: bytes, client_ip: str, protocol: str, logged: bool
+    ) -> Blocked | tuple[Query, Answer | None] | None:
+        """After `lookup` missed: the query read without the full parse, and the policy's decision made at once.
+
+        - `Blocked`: a name the lists block, asked for the first time lately (most of a flood of new names): its
+          reply is made here, from the question and the decision, without a `Query`, an `Answer` or any stage;
+          `QueryHandler` only counts it and tells the query log.
+        - (query, answer): the query read, for the stages to go on with; `answer` is its blocked answer when this
+          is the name's second time (the slow path's `store` then keeps it), or when the reply does not fit the
+          client; None when it is not blocked (the policy's decision made: the stage does not decide again), when
+          a stage before the policy may answer it, or when the client is over its rate.
+        - None: not the usual shape of a query; the full parse reads it.
 
         What the stages before the policy would do for a blocked name: access and the group were settled by
         `lookup`; the rate limit takes its token here; the cache never holds an answer for a name the lists block
         now (it keeps only answers that passed, and is cleared whenever the lists, local entries, allow list
-        or schedules change); DDR, the bypass signals and the local names are asked as they are (any answer
-        from them: the slow path gives it)."""
+        or schedules change); DDR, the bypass signals and the local names say whether they are `quiet` for the
+        name and type (any that is not: the stages answer it)."""
         policy = self.policy
         missed = self.missed
         if policy is None or missed is None:
@@ -281,17 +305,34 @@ class PacketCache:
         q = quick_question(data, key, qend, labels)
         if q is None:
             return None
-        query = Query(data, q, client_ip, protocol, group, logged=logged)
-        for answer_now in self._checks:
-            if answer_now(query) is not None:
-                return query, None
-        match = policy.decide(q.qname, group)
+        qname = q.qname
+        qtype = q.qtype
+        for quiet in self._checks:
+            if not quiet(qname, qtype):
+                return Query(data, q, client_ip, protocol, group, logged=logged), None
+        match = policy.decide(qname, group)
         if match is None:
+            query = Query(data, q, client_ip, protocol, group, logged=logged)
             query.policy_passed = True
             return query, None
         if protocol in LIMITED and self.ratelimit is not None and not self._take(client_ip):
-            return query, None  # over the rate: the slow path slips, drops or refuses it
+            return Query(data, q, client_ip, protocol, group, logged=logged), None  # the slow path slips or drops it
+        reply = policy.reply(q, match)
+        if len(reply) <= q.max_udp and self._first_time(key):
+            self.missed = None
+            return _new(Blocked, (reply, q, match, group))
+        query = Query(data, q, client_ip, protocol, group, logged=logged)
         return query, policy.blocked(query, match)
+
+    def _first_time(self, key: bytes) -> bool:
+        """Whether a blocked answer's key is new lately: then it is remembered (`once`), and kept the next time."""
+        once = self.once
+        if key in once:
+            return False
+        if len(once) >= self.size:
+            once.clear()
+        once.add(key)
+        return True
 
     def _take(self, client_ip: str) -> bool:
         """Take a token from the client network's bucket if it has one; False (nothing taken) if it has none."""
@@ -315,13 +356,9 @@ class PacketCache:
         key, qend, _, _ = keyed
         decision = answer.decision
         if decision is Decision.BLOCKED:
-            once = self.once
-            if key not in once:  # its first time: remembered, kept the next time
-                if len(once) >= self.size:
-                    once.clear()
-                once.add(key)
+            if self._first_time(key):
                 return
-            once.discard(key)
+            self.once.discard(key)
         elif decision is not Decision.CACHED or answer.response is not None:
             return  # (a cached answer with its response is stale: RFC 8767's rules, only when the upstreams fail)
         q = query.question

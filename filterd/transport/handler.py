@@ -15,7 +15,7 @@ from filterd.dns import wire
 from filterd.metrics import Metrics
 from filterd.pipeline.base import Answer, Decision, Pipeline, Query
 from filterd.querylog.events import QueryEvents
-from filterd.transport.fastpath import PacketCache
+from filterd.transport.fastpath import Blocked, PacketCache
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,15 @@ class QueryHandler:
                 except Exception:
                     quick = None  # (the slow path meets the same problem, and says so)
                 if quick is not None:
+                    if isinstance(quick, Blocked):  # a new blocked name, answered whole: count it and tell the log
+                        q = quick.question
+                        group = quick.group
+                        self.metrics.queries.count(
+                            protocol, q.qtype, Decision.BLOCKED, "default" if group is None else group.name
+                        )
+                        if self.events is not None and logged:
+                            self.events.blocked(client_ip, group, q, quick.match)
+                        return quick.reply
                     query, answer = quick  # (a blocked answer; or None, and the query read, for the stages)
         if query is None:
             try:

@@ -5,9 +5,12 @@ slow path's, byte for byte, for every kind of name, type, EDNS, client group and
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
+import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import dns.edns
 import dns.message
@@ -20,7 +23,14 @@ from filterd.app import App
 from filterd.config.load import load_config
 from filterd.dns import wire
 from filterd.metrics import Metrics
-from filterd.transport.fastpath import packet_key, quick_question
+from filterd.pipeline.base import Answer, Decision, PassThrough, Pipeline, Query
+from filterd.pipeline.bypass import BypassStage
+from filterd.pipeline.ddr import DdrStage, Designation
+from filterd.pipeline.local import LocalStage
+from filterd.querylog.events import QueryEvents, entry_tail
+from filterd.querylog.store import Tail
+from filterd.transport import fastpath
+from filterd.transport.fastpath import Entry, packet_key, quick_question
 from filterd.transport.handler import QueryHandler
 from tests.support import mutated
 
@@ -196,13 +206,33 @@ NAMES = [
 TYPES = ["A", "AAAA", "HTTPS", "TXT", "ANY", "SVCB", "PTR", "AXFR"]
 
 
+class Told(QueryEvents):
+    """What the query log and the alerts are told, in order: (client, log tail)."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None, lambda alerts: None)
+        self.rows: list[tuple[str, Tail]] = []
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def note(self, client_ip: str, tail: Tail, ms: float) -> None:
+        self.rows.append((client_ip, tail))
+
+    def hit(self, entry: Entry, client_ip: str) -> None:
+        self.rows.append((client_ip, entry_tail(entry)))
+
+
 @pytest.mark.parametrize("mode", ["sinkhole", "null", "nxdomain", "refused"])
 async def test_every_quick_answer_is_the_slow_paths_answer(tmp_path: Path, mode: str) -> None:
+    """The same reply, byte for byte, the same count in the metrics and the same row for the query log."""
     async with _app(tmp_path, mode) as app:
         quick = _handler(app)
         assert quick.fast is not None and quick.fast.policy is not None
         slow = QueryHandler(quick.pipeline, Metrics(CollectorRegistry(), "slow"))
         slow.fast = None
+        quick.events, slow.events = Told(), Told()
         answered = 0
         for client in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
             for name in NAMES:
@@ -214,6 +244,10 @@ async def test_every_quick_answer_is_the_slow_paths_answer(tmp_path: Path, mode:
                             assert _answer(quick, packet, client) == expected, (client, name, rdtype, kw)
                             answered += expected is not None
         assert answered > 1000
+        assert quick.metrics.queries.counts == slow.metrics.queries.counts
+        assert sum(quick.metrics.queries.counts.values()) == answered
+        assert quick.events.rows == slow.events.rows  # type: ignore[union-attr]
+        assert len(slow.events.rows) == answered  # type: ignore[union-attr]
 
 
 async def test_a_new_blocked_name_takes_no_full_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,12 +258,25 @@ async def test_a_new_blocked_name_takes_no_full_parse(tmp_path: Path, monkeypatc
         parsed.append(data)
         return full_parse(data)
 
+    made: list[Query] = []
+
+    class Counted(Query):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            made.append(self)
+
     monkeypatch.setattr(wire, "parse_query", counting)  # (the handler calls it as wire.parse_query)
+    monkeypatch.setattr(fastpath, "Query", Counted)
     async with _app(tmp_path, "sinkhole") as app:
         for i in range(20):
             reply = _answer(_handler(app), _query(f"n{i}.chat.example", use_edns=0), "127.0.0.1")
             assert reply is not None and dns.message.from_wire(reply).answer
         assert parsed == []
+        assert made == []  # answered whole by the quick check: no `Query`, no stage
+        # its second time, the slow path's stages answer it (and the packet cache keeps the reply)
+        assert _answer(_handler(app), _query("n0.chat.example", use_edns=0), "127.0.0.1") is not None
+        assert [q.question.qname for q in made] == ["n0.chat.example"]
+        made.clear()
         # a local name, a bypass signal and a name that is not blocked go the slow way, with the quick question
         for name in ("localhost", "use-application-dns.net"):
             assert _answer(_handler(app), _query(name), "127.0.0.1") is not None
@@ -256,3 +303,72 @@ async def test_a_name_passed_by_the_quick_check_is_not_judged_again(tmp_path: Pa
         policy.decide = counting  # type: ignore[assignment,method-assign]
         assert _answer(_handler(app), _query("nothing.example"), "127.0.0.1") is None
         assert decided == ["nothing.example"]
+
+
+class Answers(PassThrough):
+    """A stage of someone's own that answers a name at once, and has no `quiet` of its own."""
+
+    name = "own"
+
+    def answer_now(self, query: Query) -> Answer | None:
+        if query.question.qname != "n1.chat.example":
+            return None
+        return Answer(wire.build_reply(query.question, wire.REFUSED), Decision.LOCAL, "own")
+
+
+def test_a_stage_is_quiet_only_if_it_never_answers_at_once() -> None:
+    assert PassThrough().quiet("chat.example", 1)
+    assert not Answers().quiet("x.example", 1)
+
+
+async def test_a_stage_before_the_policy_that_answers_is_never_skipped(tmp_path: Path) -> None:
+    async with _app(tmp_path, "sinkhole") as app:
+        handler = _handler(app)
+        stages = list(handler.pipeline.stages)
+        at = next(i for i, stage in enumerate(stages) if stage.name == "policy")
+        handler.pipeline = Pipeline([*stages[:at], Answers(), *stages[at:]], handler.pipeline.resolver)
+        reply = _answer(handler, _query("n1.chat.example"), "127.0.0.1")
+        assert reply is not None and reply[3] & 0xF == wire.REFUSED  # the stage's answer, not the list's
+        reply = _answer(handler, _query("n2.chat.example"), "127.0.0.1")
+        assert reply is not None and dns.message.from_wire(reply).answer  # the list's
+
+
+def test_quiet_stages_never_answer_at_once() -> None:
+    """`quiet` (the quick check's skip, and each stage's own first look) against the rest of `answer_now`, for
+    every stage before the policy that answers at once: whenever it says quiet, the stage's whole chain of checks
+    gives no answer; and it is quiet for ordinary names."""
+    ddr = DdrStage()
+    ddr.designate(Designation("dns.example.net", (853,), (443,), ()), ["dns.example.net"])
+    stages = [
+        ddr,
+        BypassStage(300, ["dns.example.net"]),
+        LocalStage({"printer.lan": [ipaddress.ip_address("192.168.1.9")], "nas.example": []}, ["corp.example"]),
+    ]
+    names = [
+        *NAMES,
+        "_dns.dns.example.net",
+        "_853._dns.dns.example.net",
+        "nas.example",
+        "9.1.168.192.in-addr.arpa",
+        "x.corp.example",
+        "corp",
+        "lan",
+        "",
+        "home.arpa",
+        "x.local",
+        "a.b.invalid",
+    ]
+    said = 0
+    for stage in stages:
+        for name in names:
+            for rdtype in [*TYPES, "IXFR", "NS", "SOA", "DS"]:
+                packet = dns.message.make_query(name or ".", rdtype).to_wire()
+                q = wire.parse_query(packet)
+                if stage.quiet(q.qname, q.qtype):
+                    whole = copy.copy(stage)
+                    whole.quiet = lambda qname, qtype: False  # type: ignore[method-assign]
+                    assert whole.answer_now(Query(packet, q, "127.0.0.1", "udp")) is None, (stage.name, name, rdtype)
+                else:
+                    said += 1
+        assert stage.quiet("www.chat.example", wire.T_A) and stage.quiet("www.chat.example", wire.T_HTTPS)
+    assert said > 50
