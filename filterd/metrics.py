@@ -29,6 +29,11 @@ class QueryCounter(Collector):
     def count(self, protocol: str, qtype: int, decision: str, group: str = "default") -> None:
         self.counts[(protocol, qtype_label(qtype), decision, group)] += 1
 
+    @staticmethod
+    def key(protocol: str, qtype: int, decision: str, group: str = "default") -> tuple[str, str, str, str]:
+        """`count`'s key, for a caller that counts the same answer often (`counts[key] += 1`: a packet-cache hit)."""
+        return (protocol, qtype_label(qtype), decision, group)
+
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "filterd_queries",

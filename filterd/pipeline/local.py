@@ -70,6 +70,7 @@ _NEVER_LEAKED_TLDS = frozenset(zone.rsplit(".", 1)[-1] for zone in NEVER_LEAKED)
 #: The last labels of every name this stage answers for without a record of its own: a name of two labels or more
 #: under none of them, of a type not in `_OWN_TYPES`, and not in `dns.records`, is `quiet`.
 _OWN_TLDS = _NEVER_LEAKED_TLDS | {"localhost"}
+_OWN_ENDINGS = tuple(f".{tld}" for tld in sorted(_OWN_TLDS))  # (a name's last label is one of them: one C call)
 #: Answered here whatever the name: AXFR and IXFR (NOTIMP), ANY (RFC 8482).
 _OWN_TYPES = frozenset({wire.T_AXFR, wire.T_IXFR, wire.T_ANY})
 #: Each zone's name in wire format: the owner of its SOA.
@@ -99,10 +100,9 @@ class LocalStage(PassThrough):
     def quiet(self, qname: str, qtype: int) -> bool:
         """Most names: two labels or more, under no top-level label this stage answers for, not in `dns.records`
         (nor the PTR name of one), of a type it does not answer for every name: a few set lookups and one slice."""
-        dot = qname.rfind(".")
         return (
-            dot > 0
-            and qname[dot + 1 :] not in _OWN_TLDS
+            qname.rfind(".") > 0
+            and not qname.endswith(_OWN_ENDINGS)
             and qtype not in _OWN_TYPES
             and qname not in self.records
             and not (qtype == wire.T_PTR and qname in self.ptr)

@@ -173,6 +173,8 @@ class Entry:
     age: int = 0
     #: What the query log keeps of this answer (`events.log_tail`), made at the first hit that is logged.
     logged: tuple[str, str, str, str, str, str] | None = None
+    #: Its key in `filterd_queries_total` (`QueryCounter.key`) for the protocol of its latest hit.
+    counted: tuple[str, str, str, str] | None = None
 
     def refresh(self, age: int) -> None:
         out = bytearray(self.tail)

@@ -48,11 +48,17 @@ class QueryHandler:
             hit = fast.lookup(data, client_ip, protocol)
             if hit is not None:
                 reply, entry = hit
-                group = entry.group
-                decision = entry.answer.decision
-                self.metrics.queries.count(
-                    protocol, entry.question.qtype, decision, "default" if group is None else group.name
-                )
+                queries = self.metrics.queries
+                key = entry.counted
+                if key is None or key[0] != protocol:
+                    group = entry.group
+                    key = entry.counted = queries.key(
+                        protocol,
+                        entry.question.qtype,
+                        entry.answer.decision,
+                        "default" if group is None else group.name,
+                    )
+                queries.counts[key] += 1
                 if self.events is not None and logged:
                     self.events.hit(entry, client_ip)
                 return reply

@@ -296,6 +296,15 @@ async def test_metrics_count_every_hit(server: Server) -> None:
     assert server.cache.hits == 2 and server.fast.hits == 1 + 1  # one cache hit and the third block from the bytes
 
 
+async def test_a_hit_is_counted_under_its_own_protocol(server: Server) -> None:
+    packet = dns.message.make_query("x.chat.example", "A").to_wire()
+    for protocol in ("udp", "udp", "udp", "tcp", "udp", "tcp", "tls"):  # blocked twice, then kept: five hits
+        assert server.handler.handle(packet, "127.0.0.1", protocol) is not None
+    assert server.fast.hits == 5
+    counts = {k[0]: v for k, v in server.metrics.queries.counts.items() if k[1:] == ("A", "blocked", "default")}
+    assert counts == {"udp": 4, "tcp": 2, "tls": 1}
+
+
 async def test_outsiders_and_odd_packets_take_the_slow_path(server: Server) -> None:
     await server.ask("x.chat.example")
     refused = await server.ask("x.chat.example", client="192.0.2.99")
