@@ -8,6 +8,7 @@ import contextlib
 import copy
 import inspect
 import ipaddress
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -372,3 +373,42 @@ def test_quiet_stages_never_answer_at_once() -> None:
                     said += 1
         assert stage.quiet("www.chat.example", wire.T_A) and stage.quiet("www.chat.example", wire.T_HTTPS)
     assert said > 50
+
+
+def _mangled(rng: random.Random, packet: bytes) -> bytes:
+    """A packet with a few random edits: a byte flipped, the rest cut off, or bytes inserted."""
+    out = bytearray(packet)
+    for _ in range(rng.randint(0, 3)):
+        op = rng.choice(["flip", "cut", "insert"])
+        position = rng.randrange(max(len(out), 1))
+        if op == "flip" and out:
+            out[position] = rng.randrange(256)
+        elif op == "cut":
+            del out[position:]
+        else:
+            out[position:position] = rng.randbytes(rng.randint(1, 8))
+    return bytes(out)
+
+
+async def test_a_hostile_query_gets_the_slow_paths_answer_or_none(tmp_path: Path) -> None:
+    """Mutated queries for blocked and other names, each asked three times (new, remembered, kept), from clients in
+    every group: the same reply as the slow path's, or nothing from either; the same counts and log rows."""
+    rng = random.Random(20261202)
+    async with _app(tmp_path, "nxdomain") as app:
+        quick = _handler(app)
+        slow = QueryHandler(quick.pipeline, Metrics(CollectorRegistry(), "slow"))
+        slow.fast = None
+        quick.events, slow.events = Told(), Told()
+        answered = 0
+        for i in range(1500):
+            name = rng.choice([*NAMES, f"n{i}.chat.example", f"x{i}.wild.example"])
+            kw = rng.choice([{}, {"use_edns": 0}, {"use_edns": 0, "want_dnssec": True}])
+            packet = _mangled(rng, _query(name, rng.choice(TYPES), **kw))
+            client = rng.choice(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+            for _ in range(3):
+                expected = _answer(slow, packet, client)
+                assert _answer(quick, packet, client) == expected, (packet, client)
+                answered += expected is not None
+        assert answered > 2000
+        assert quick.metrics.queries.counts == slow.metrics.queries.counts
+        assert quick.events.rows == slow.events.rows  # type: ignore[union-attr]
