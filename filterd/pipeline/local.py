@@ -99,7 +99,7 @@ class LocalStage(PassThrough):
 
     def quiet(self, qname: str, qtype: int) -> bool:
         """Most names: two labels or more, under no top-level label this stage answers for, not in `dns.records`
-        (nor the PTR name of one), of a type it does not answer for every name: a few set lookups and one slice."""
+        (nor the PTR name of one), of a type it does not answer for every name: one `endswith` and a few set lookups."""
         return (
             qname.rfind(".") > 0
             and not qname.endswith(_OWN_ENDINGS)
