@@ -126,6 +126,8 @@ _SUFFIXES = (
 )
 _QTYPES = (1, 28, 16, 65, 64, 255, 252, 251, 12, 6, 2, 5, 15, 33, 41, 0, 250, 65535)
 
+_COOKIE = dns.edns.OptionType.COOKIE  # (option 10)
+
 
 def _wire_name(labels: list[bytes]) -> bytes:
     return b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
@@ -168,7 +170,9 @@ class Fuzzer:
                     if dnssec:
                         q.flags |= dns.flags.CD | dns.flags.AD
                     out.append(q.to_wire())
-        cookie = dns.message.make_query("example.org", "A", use_edns=0, options=[dns.edns.GenericOption(10, b"c" * 8)])
+        cookie = dns.message.make_query(
+            "example.org", "A", use_edns=0, options=[dns.edns.GenericOption(_COOKIE, b"c" * 8)]
+        )
         ecs = dns.message.make_query("example.org", "A", use_edns=0, options=[dns.edns.ECSOption("192.0.2.0", 24)])
         out += [cookie.to_wire(), ecs.to_wire()]
         return out
@@ -390,8 +394,10 @@ def check_reply(query: bytes, reply: bytes, transport: str, tally: Tally) -> Non
         tally.fail("reply ID or QR", query, reply)
     if msg.question:
         qname = msg.question[0].name
-        length = len(qname.to_wire()) + 4
-        if reply[12 : 12 + length] != query[12 : 12 + length] or reply[12 : 12 + length - 4] != qname.to_wire():
+        name_wire = qname.to_wire()
+        assert name_wire is not None  # (None only when written to a file)
+        length = len(name_wire) + 4
+        if reply[12 : 12 + length] != query[12 : 12 + length] or reply[12 : 12 + length - 4] != name_wire:
             tally.fail("the question is not the query's own bytes", query, reply)
         for rrset in msg.authority:
             if rrset.rdtype == dns.rdatatype.SOA and not qname.is_subdomain(rrset.name):
@@ -567,7 +573,7 @@ def serve_upstream() -> None:
     soa = b"\xc0\x0c" + struct.pack("!HHIH", 6, 1, 60, len(soa_rdata)) + soa_rdata
     while True:
         readable, _, _ = select.select([sock, sys.stdin], [], [])
-        if sys.stdin in readable and not sys.stdin.buffer.read1(1):
+        if sys.stdin in readable and not os.read(sys.stdin.fileno(), 1):
             return
         if sock not in readable:
             continue

@@ -136,8 +136,8 @@ def under_reloads(
         worker.join(seconds + 60)
     finally:
         if listfile.stat().st_size != size:  # (only then: a truncate would change the file's time)
-            with listfile.open("r+b") as f:
-                f.truncate(size)
+            with listfile.open("r+b") as raw:
+                raw.truncate(size)
     drops, filterd_drops = udp_drops() - drops, socket_drops(proc.port) - filterd_drops
     if failure:
         raise run.BenchError(f"dnsperf failed: {failure[0]}")
@@ -249,6 +249,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     a = ap.parse_args(argv)
     a.groups = False  # what bench/run.py's helpers ask of the arguments
+    a.pin = False  # (every process on every CPU, as a Pi runs them)
     return a
 
 

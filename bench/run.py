@@ -912,8 +912,8 @@ def measure_reload(ctx: Ctx, proc: Proc, load_s: float) -> dict[str, Any]:
                 done_at = time.monotonic()
             time.sleep(0.02)
     finally:
-        with listfile.open("r+b") as f:
-            f.truncate(size)
+        with listfile.open("r+b") as raw:
+            raw.truncate(size)
     if not proc.alive():
         raise BenchError(f"{proc.name} died during the reload:\n{proc.log_tail()}")
     # unbound does not answer while it reloads: wait for it (the others answer all along).
@@ -1068,7 +1068,9 @@ def main(argv: list[str] | None = None) -> int:
             lat_lines=lat_lines,
             ab_lines=200_000 if not a.smoke else 50_000,
         )
-        ab_lines = manifest["params"]["ab_lines"]
+        params = manifest["params"]
+        assert isinstance(params, dict)
+        ab_lines = params["ab_lines"]
         manifest["lines"] = {"a": ab_lines, "b": ab_lines, "c": c_lines, "d": d_lines}
         results["data"] = {k: v for k, v in manifest.items() if k != "lines"}
         phase("data")

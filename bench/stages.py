@@ -90,7 +90,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     (tmp / "chat.txt").write_text("chat.example\nomegle.com\nchatroulette.com\n")
     config = parse_config(CONFIG, "s.yaml", base_dir=tmp)
-    sources = [ListSource(c.name, c.name, parse_list(c.path.read_text())) for c in config.lists]
+    sources = []
+    for c in config.lists:
+        assert c.path is not None  # (CONFIG names a file for its list)
+        sources.append(ListSource(c.name, c.name, parse_list(c.path.read_text())))
     handler = build_handler(config, Matcher.build(sources))
     pipeline = handler.pipeline
     access, client, cache_stage, policy = pipeline.stages
