@@ -77,7 +77,7 @@ from filterd.safeguarding.notify import Notifier, compose
 from filterd.sinkhole import BlockedReplies
 from filterd.transport.handler import QueryHandler
 from filterd.transport.tcp import TcpLimits, TcpServer
-from filterd.transport.udp import UdpServer
+from filterd.transport.udp import SocketUdpServer, UdpServer, reads_its_own_sockets
 from filterd.transport.udp_wildcard import WildcardUdpServer
 from filterd.upstreams.bootstrap import bootstrap_lookup, bootstrap_resolvers
 from filterd.upstreams.pool import EncryptedUpstreams
@@ -168,7 +168,8 @@ class App:
         self._asyncio_filter = self.client_events.asyncio_filter()
         self.listening = Listening()
         self._transports: list[asyncio.BaseTransport] = []
-        self._wildcard_udp: list[WildcardUdpServer] = []
+        #: UDP sockets read by filterd itself: wildcard addresses, and every address on stock asyncio.
+        self._reading_udp: list[SocketUdpServer] = []
         self._servers: list[asyncio.Server] = []
         self._runners: list[web.AppRunner] = []
         self.lists: LoadedLists | None = None
@@ -912,7 +913,11 @@ class App:
                     udp_sock.close()
                     tcp_sock.close()
                     raise StartupError(_bind_error("dns (udp)", endpoint, exc)) from None
-                self._wildcard_udp.append(wildcard)
+                self._reading_udp.append(wildcard)
+            elif reads_its_own_sockets(loop):  # stock asyncio: its datagram transport reads one packet a wake-up
+                reader = SocketUdpServer(udp_sock, handler)
+                reader.start(loop)
+                self._reading_udp.append(reader)
             else:
                 transport, _ = await loop.create_datagram_endpoint(lambda: UdpServer(handler), sock=udp_sock)
                 self._transports.append(transport)
@@ -1218,9 +1223,9 @@ class App:
             self.encrypted_listeners = None
         for transport in self._transports:
             transport.close()
-        for wildcard in self._wildcard_udp:
-            wildcard.close()
-        self._wildcard_udp.clear()
+        for reader in self._reading_udp:
+            reader.close()
+        self._reading_udp.clear()
         for server in self._servers:
             server.close()
         for listener in self._https:

@@ -189,7 +189,9 @@ async def serve(config: Config, early: Future[Prepared | None] | None = None) ->
         await app.stop()
         return
     settle_heap()
-    log.info("filterd %s ready", __version__)
+    log.info(
+        "filterd %s ready (event loop: %s)", __version__, "uvloop" if "uvloop" in type(loop).__module__ else "asyncio"
+    )
     # DNS answers now, and every signal handler is in place: systemd (Type=notify) starts dependents.
     systemd.ready(f"answering DNS on {', '.join(map(str, app.listening.dns))}")
     try:

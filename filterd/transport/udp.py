@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any, cast
 
 from filterd.transport.handler import QueryHandler
@@ -57,6 +58,70 @@ class UdpDispatch:
 
     def _send(self, reply: bytes, dest: Any) -> None:
         raise NotImplementedError
+
+
+#: Datagrams read at one wake-up of a `SocketUdpServer` before the loop runs anything else.
+BATCH = 64
+
+
+class SocketUdpServer(UdpDispatch):
+    """A UDP socket read by this class itself (`loop.add_reader`), a batch of datagrams a wake-up, each copied out
+    of one buffer kept for the socket (`recvfrom_into`). For stock asyncio, whose datagram transport reads one
+    datagram a wake-up into a new 256 KiB buffer; uvloop's transport is served as `UdpServer`. A reply the socket
+    has no room for is dropped and counted (`overloaded`), as a loaded resolver does: the client asks again."""
+
+    def __init__(self, sock: socket.socket, handler: QueryHandler, max_inflight: int = 2048) -> None:
+        super().__init__(handler, max_inflight)
+        self.sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._buffer = bytearray(65535)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def _readable(self) -> None:
+        buffer = self._buffer
+        receive = self.sock.recvfrom_into
+        for _ in range(BATCH):
+            try:
+                size, addr = receive(buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP errors queued on the socket
+                log.debug("udp: %s", exc)
+                continue
+            self.received(bytes(buffer[:size]), addr)
+            if self._closed:  # (a reply's callback may have closed it: a reload that stopped this listener)
+                return
+
+    def _send(self, reply: bytes, dest: Any) -> None:
+        if self._closed:
+            return
+        try:
+            self.sock.sendto(reply, dest)
+        except (BlockingIOError, InterruptedError):
+            self.overloaded += 1
+        except OSError as exc:
+            log.debug("udp: sending to %s: %s", dest[0], exc)
+
+
+def reads_its_own_sockets(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether UDP on this loop is best served by `SocketUdpServer`: stock asyncio's selector loop (uvloop's own
+    datagram transport is faster than any reading done in Python)."""
+    return isinstance(loop, asyncio.SelectorEventLoop)
 
 
 class UdpServer(UdpDispatch, asyncio.DatagramProtocol):

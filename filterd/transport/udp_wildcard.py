@@ -17,8 +17,7 @@ import socket
 import struct
 from typing import Any
 
-from filterd.transport.handler import QueryHandler
-from filterd.transport.udp import UdpDispatch
+from filterd.transport.udp import BATCH, SocketUdpServer
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,6 @@ log = logging.getLogger(__name__)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _IN_PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
-_BATCH = 64
 _ANCILLARY = socket.CMSG_SPACE(max(_IN_PKTINFO.size, _IN6_PKTINFO.size))
 
 
@@ -50,33 +48,15 @@ def reply_control(ancdata: list[tuple[int, int, bytes]]) -> list[tuple[int, int,
     return []
 
 
-class WildcardUdpServer(UdpDispatch):
+class WildcardUdpServer(SocketUdpServer):
     """One wildcard UDP socket served with destination-address replies."""
-
-    def __init__(self, sock: socket.socket, handler: QueryHandler, max_inflight: int = 2048) -> None:
-        super().__init__(handler, max_inflight)
-        self.sock = sock
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         enable_pktinfo(self.sock)
-        self._loop = loop
-        loop.add_reader(self.sock.fileno(), self._readable)
-
-    def is_closing(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        super().start(loop)
 
     def _readable(self) -> None:
-        for _ in range(_BATCH):
+        for _ in range(BATCH):
             try:
                 data, ancdata, _, addr = self.sock.recvmsg(65535, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
