@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
@@ -12,7 +13,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -152,6 +153,18 @@ def mutated(data: st.DataObject, packet: bytes, rounds: st.SearchStrategy[int]) 
         else:
             out[position:position] = data.draw(st.binary(min_size=1, max_size=8))
     return bytes(out)
+
+
+@contextlib.contextmanager
+def running(args: list[str], **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """A process (text mode), killed on the way out if it is still running: a failed assertion leaves nothing."""
+    proc: subprocess.Popen[str] = subprocess.Popen(args, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 def wait_for(check: Callable[[], object], what: str, timeout: float = 10) -> None:

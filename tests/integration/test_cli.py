@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Dnsmasq, addresses, free_port, query
+from tests.support import Dnsmasq, addresses, free_port, query, running
 
 FILTERD = [sys.executable, "-m", "filterd"]
 
@@ -38,16 +38,12 @@ def test_serve_answers_and_stops_cleanly(tmp_path: Path, dnsmasq: Dnsmasq, optio
     config = tmp_path / "filterd.yaml"
     config.write_text(f"dns:\n  listen: ['127.0.0.1:{port}']\n  upstreams: ['{dnsmasq.address}']\n")
     args = ["--config", str(config), "serve"] if option_first else ["serve", "--config", str(config)]
-    proc = subprocess.Popen([*FILTERD, *args], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
+    with running([*FILTERD, *args], stderr=subprocess.PIPE, cwd=tmp_path) as proc:
         _wait_for_dns(port, proc)
         assert addresses(query("omegle.com", "A", port)) == ["127.0.0.1"]
         assert addresses(query("example.org", "A", port)) == ["192.0.2.10"]
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err
     assert f"dns: listening on 127.0.0.1:{port} (udp, tcp)" in err
     chain = "access → ratelimit → client → bypass → local → cache → policy → safesearch → cname → rebind → upstream"
@@ -89,16 +85,12 @@ def test_serve_with_the_embedded_default_runs_from_any_directory(tmp_path: Path)
     if taken:
         pytest.skip(f"the embedded default's ports are in use ({', '.join(taken)}): is a Quick-start filterd running?")
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg")}
-    proc = subprocess.Popen([*FILTERD, "serve"], stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
-    try:
+    with running([*FILTERD, "serve"], stderr=subprocess.PIPE, cwd=tmp_path, env=env) as proc:
         _wait_for_dns(1053, proc)
         reply = query("front7.omegle.com", "AAAA", 1053)
         assert addresses(reply) == ["::1"]
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0
     assert "metrics: listening on http://127.0.0.1:9153/" in err
     assert (tmp_path / "xdg" / "filterd" / "admin.token").exists()  # the state went where $XDG_STATE_HOME says
@@ -160,17 +152,13 @@ def test_a_large_list_compiles_while_filterd_starts_and_a_restart_maps_it(tmp_pa
         f"admin: {{listen: 127.0.0.1:0, token_file: {tmp_path / 'token'}}}\nstate_dir: {tmp_path / 'state'}\n"
     )
     for start in ("first", "restart"):
-        proc = subprocess.Popen([*FILTERD, "serve", "-c", str(config)], stderr=subprocess.PIPE, text=True)
-        try:
+        with running([*FILTERD, "serve", "-c", str(config)], stderr=subprocess.PIPE) as proc:
             _wait_for_dns(port, proc, timeout=60)
             for name in (names[0], names[len(names) // 2], names[-1], f"x.{names[-7]}"):
                 assert addresses(query(name, "A", port)) == ["127.0.0.1"], (start, name)
             assert addresses(query("example.org", "A", port)) == ["192.0.2.10"]
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert proc.returncode == 0 and "Traceback" not in err, err
         assert "list big: 240000 names" in err
         if start == "first":

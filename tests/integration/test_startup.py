@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Dnsmasq, RunningFilterd, addresses, free_port, query
+from tests.support import Dnsmasq, RunningFilterd, addresses, free_port, query, running
 
 FILTERD = [sys.executable, "-m", "filterd"]
 #: TEST-NET-1 (RFC 5737): an address no machine here has. Only bound, never sent to.
@@ -30,8 +30,7 @@ def test_ready_once_dns_answers_and_stopping_on_sigterm(tmp_path: Path, dnsmasq:
         notify.bind(str(tmp_path / "notify"))
         notify.settimeout(30)
         env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-        proc = subprocess.Popen([*FILTERD, "serve", "-c", str(config)], stderr=subprocess.PIPE, text=True, env=env)
-        try:
+        with running([*FILTERD, "serve", "-c", str(config)], stderr=subprocess.PIPE, env=env) as proc:
             message = notify.recv(4096).decode()
             assert message == f"READY=1\nSTATUS=answering DNS on 127.0.0.1:{port}"
             # No retry, no wait: once READY=1 is sent, DNS answers (dependents start at this moment).
@@ -43,10 +42,6 @@ def test_ready_once_dns_answers_and_stopping_on_sigterm(tmp_path: Path, dnsmasq:
             proc.send_signal(signal.SIGTERM)
             assert notify.recv(4096) == b"STOPPING=1"
             _, err = proc.communicate(timeout=15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
     assert proc.returncode == 0, err
 
 

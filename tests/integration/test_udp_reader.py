@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dns.message
 
-from tests.support import Dnsmasq, RunningFilterd, addresses, free_port, query, wait_for
+from tests.support import Dnsmasq, RunningFilterd, addresses, free_port, query, running, wait_for
 
 #: `filterd serve` with the uvloop import blocked: what a machine without uvloop runs.
 NO_UVLOOP = [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; from filterd.cli import main; main()"]
@@ -61,18 +61,13 @@ def test_filterd_serve_without_uvloop(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
     port = free_port()
     config = tmp_path / "filterd.yaml"
     config.write_text(f"dns:\n  listen: ['127.0.0.1:{port}']\n  upstreams: ['{dnsmasq.address}']\n")
-    proc = subprocess.Popen([*NO_UVLOOP, "serve", "-c", str(config)], stderr=subprocess.PIPE, text=True)
-    try:
+    with running([*NO_UVLOOP, "serve", "-c", str(config)], stderr=subprocess.PIPE) as proc:
         wait_for(lambda: _answers(port), "filterd without uvloop to answer", timeout=30)
         assert addresses(query("www.OmeTV.com", "A", port)) == ["127.0.0.1"]
         assert addresses(query("omegle.com", "A", port, tcp=True)) == ["127.0.0.1"]
         assert len(_burst(port, [f"x{i}.chatroulette.com" for i in range(200)])) == 200
         proc.terminate()
         _, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
     assert proc.returncode == 0, err
     assert "ready (event loop: asyncio)" in err
 
